@@ -1,0 +1,204 @@
+"""The records clients send us, validated item by item, and turned into rows for the store.
+
+One bad item must not sink a batch, so each item is decoded on its own and every problem is
+reported as `field: what was expected (the limit)`. Text is PII-redacted here, before anything
+is stored. msgspec does the decoding: it is the hot path of ingestion.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+import orjson
+
+from flywheel import pii
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+TaskName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+FEEDBACK_KINDS = ("thumbs", "rating", "label", "correction")
+
+
+class InteractionIn(msgspec.Struct, forbid_unknown_fields=True):
+    task: TaskName
+    model: Name
+    response: str
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    id: Name | None = None
+    ts: datetime | None = None
+    params: dict[str, Any] | None = None
+    latency_ms: NonNegative | None = None
+    prompt_tokens: Count | None = None
+    completion_tokens: Count | None = None
+    cost_usd: NonNegative | None = None
+    status: Literal["ok", "error"] = "ok"
+    user_id: Name | None = None
+    session_id: Name | None = None
+    tags: list[Annotated[str, msgspec.Meta(max_length=128)]] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class FeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
+    interaction_id: Name
+    kind: Literal["thumbs", "rating", "label", "correction"]
+    value: Any
+    id: Name | None = None
+    comment: str | None = None
+    user_id: Name | None = None
+    ts: datetime | None = None
+
+
+class ItemError(ValueError):
+    """One item is invalid; the message names the field and the rule."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_text_chars: int
+    max_messages: int
+
+
+INTERACTION_COLUMNS = (
+    "project", "id", "task", "ts", "model", "request", "response", "latency_ms", "prompt_tokens",
+    "completion_tokens", "cost_usd", "status", "user_id", "session_id", "tags", "metadata",
+    "source", "pii_redacted", "received_at",
+)  # fmt: skip
+FEEDBACK_COLUMNS = (
+    "project", "id", "interaction_id", "kind", "value", "comment", "user_id", "ts",
+    "pii_redacted", "received_at",
+)  # fmt: skip
+
+_interaction_decoder = msgspec.json.Decoder(InteractionIn)
+_feedback_decoder = msgspec.json.Decoder(FeedbackIn)
+
+
+def _msgspec_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ItemError:
+    # msgspec says "Expected `str` of length <= 256 - at `$.task`"; lead with the field name.
+    text = str(exc)
+    if " - at `$." in text:
+        message, path = text.rsplit(" - at `$.", 1)
+        return ItemError(f"{path.rstrip('`')}: {message}")
+    if text.startswith("Object missing required field"):
+        return ItemError(f"{text.split('`')[1]}: required field missing")
+    if text.startswith("Object contains unknown field"):
+        return ItemError(f"{text.split('`')[1]}: unknown field")
+    return ItemError(text)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _utc(ts: datetime | None, now: datetime) -> datetime:
+    if ts is None:
+        return now
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+
+
+def _text(value: str, field: str, limits: Limits, redact: bool) -> tuple[str, int]:
+    if len(value) > limits.max_text_chars:
+        raise ItemError(f"{field}: text of {len(value)} characters is over the limit of {limits.max_text_chars}")
+    return pii.redact(value) if redact else (value, 0)
+
+
+def _messages(messages: list[dict[str, Any]], limits: Limits, redact: bool) -> tuple[list[dict], int]:
+    if not messages:
+        raise ItemError("messages: expected a non-empty array of chat messages")
+    if len(messages) > limits.max_messages:
+        raise ItemError(f"messages: {len(messages)} messages is over the limit of {limits.max_messages}")
+    found = 0
+    out = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ROLES:
+            raise ItemError(f"messages[{i}].role: expected one of {', '.join(sorted(ROLES))}, got {role!r}")
+        content = message.get("content")
+        if isinstance(content, str):
+            content, n = _text(content, f"messages[{i}].content", limits, redact)
+            found += n
+        elif isinstance(content, list):
+            parts = []
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    text, n = _text(part["text"], f"messages[{i}].content[{j}].text", limits, redact)
+                    part = {**part, "text": text}
+                    found += n
+                parts.append(part)
+            content = parts
+        elif content is not None:
+            raise ItemError(f"messages[{i}].content: expected a string, an array of parts or null")
+        out.append({**message, "content": content})
+    return out, found
+
+
+def interaction_row(raw: bytes, *, project: str, redact: bool, limits: Limits, source: str = "ingest",
+                    now: datetime | None = None) -> tuple:
+    """Decode and validate one interaction (JSON bytes) into a row in `INTERACTION_COLUMNS` order."""
+    try:
+        item = _interaction_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _msgspec_error(exc) from None
+    if (item.messages is None) == (item.prompt is None):
+        raise ItemError("messages: exactly one of `messages` or `prompt` is required")
+    if item.messages is not None:
+        messages, found = _messages(item.messages, limits, redact)
+        request: dict[str, Any] = {"messages": messages}
+    else:
+        prompt, found = _text(item.prompt, "prompt", limits, redact)
+        request = {"prompt": prompt}
+    if item.params:
+        request["params"] = item.params
+    response, n = _text(item.response, "response", limits, redact)
+    now = now or _now()
+    return (
+        project, item.id or uuid.uuid4().hex, item.task, _utc(item.ts, now), item.model,
+        orjson.dumps(request).decode(), response, item.latency_ms, item.prompt_tokens,
+        item.completion_tokens, item.cost_usd, item.status, item.user_id, item.session_id, item.tags,
+        orjson.dumps(item.metadata).decode() if item.metadata is not None else None,
+        source, found + n, now,
+    )  # fmt: skip
+
+
+def _feedback_value(kind: str, value: Any, limits: Limits, redact: bool) -> tuple[Any, int]:
+    if kind == "thumbs":
+        if isinstance(value, bool):
+            return value, 0
+        if value in ("up", "down"):
+            return value == "up", 0
+        raise ItemError("value: thumbs expects true/false or \"up\"/\"down\"")
+    if kind == "rating":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise ItemError("value: rating expects a number")
+        return value, 0
+    if not isinstance(value, str) or not value:
+        raise ItemError(f"value: {kind} expects a non-empty string")
+    if kind == "label":
+        if len(value) > 256:
+            raise ItemError("value: label is over the limit of 256 characters")
+        return value, 0
+    return _text(value, "value", limits, redact)
+
+
+def feedback_row(raw: bytes, *, project: str, redact: bool, limits: Limits, now: datetime | None = None) -> tuple:
+    """Decode and validate one feedback item into a row in `FEEDBACK_COLUMNS` order."""
+    try:
+        item = _feedback_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _msgspec_error(exc) from None
+    value, found = _feedback_value(item.kind, item.value, limits, redact)
+    comment = item.comment
+    if comment is not None:
+        comment, n = _text(comment, "comment", limits, redact)
+        found += n
+    now = now or _now()
+    return (
+        project, item.id or uuid.uuid4().hex, item.interaction_id, item.kind, orjson.dumps(value).decode(),
+        comment, item.user_id, _utc(item.ts, now), found, now,
+    )  # fmt: skip

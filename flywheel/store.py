@@ -1,0 +1,139 @@
+"""The one way into the DuckDB database.
+
+DuckDB lets one process at a time hold the file (a second process cannot even read). So:
+every open goes through `connect`/`open_connection`, which retries a lock conflict with bounded
+backoff; nobody keeps the file longer than one unit of work; and a process that has to wait
+leaves a marker in `<db>.wait/`, so that a long-running writer (the ingestion service) can see
+someone is waiting and hand the file over between two batches (`waiting`).
+Migrations are applied on every read-write open.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from flywheel.migrations import MIGRATIONS
+
+Connection = duckdb.DuckDBPyConnection
+
+
+class StoreBusy(RuntimeError):
+    """The database stayed locked by another process for longer than the timeout."""
+
+
+def _is_lock_conflict(exc: Exception) -> bool:
+    text = str(exc)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+def _wait_dir(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".wait")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def waiting(db_path: Path) -> bool:
+    """True when another live process is waiting to open the database (stale markers are removed)."""
+    folder = _wait_dir(Path(db_path))
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return False
+    me = os.getpid()
+    for name in names:
+        pid = int(name.split("-", 1)[0]) if name.split("-", 1)[0].isdigit() else -1
+        if pid == me:
+            continue
+        if pid > 0 and _pid_alive(pid):
+            return True
+        (folder / name).unlink(missing_ok=True)
+    return False
+
+
+def migrate(con: Connection) -> list[int]:
+    """Apply the migrations this database has not seen yet; return their versions."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+        " applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+    )
+    done = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    applied = []
+    for version, name, sql in MIGRATIONS:
+        if version in done:
+            continue
+        con.execute("BEGIN")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
+
+
+def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: float = 30.0) -> Connection:
+    """Open the database, retrying a lock held by another process for up to `timeout_s`."""
+    db_path = Path(db_path)
+    if read_only and not db_path.exists():
+        raise FileNotFoundError(f"no Flywheel database at {db_path} (run `flywheel init`)")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    marker: Path | None = None
+    try:
+        while True:
+            try:
+                con = duckdb.connect(str(db_path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if not _is_lock_conflict(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(
+                        f"database {db_path} stayed locked by another process for {timeout_s:.0f}s"
+                    ) from exc
+                if marker is None:
+                    marker = _wait_dir(db_path) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                    marker.parent.mkdir(exist_ok=True)
+                    marker.touch()
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 0.1)
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+    if not read_only:
+        try:
+            migrate(con)
+        except Exception:
+            con.close()
+            raise
+    return con
+
+
+@contextmanager
+def connect(db_path: Path | str, *, read_only: bool = False, timeout_s: float = 30.0) -> Iterator[Connection]:
+    """One unit of work on the database: open (with retries), yield, close."""
+    con = open_connection(db_path, read_only=read_only, timeout_s=timeout_s)
+    try:
+        yield con
+    finally:
+        con.close()

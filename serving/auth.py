@@ -1,0 +1,59 @@
+"""Who is calling: `Authorization: Bearer <key>` → the key's project.
+
+Keys are cached in memory (hash → project). An unknown key triggers at most one re-read of the
+keys table per second, so a key created with `flywheel keys create` while the service runs works
+at once, and a flood of bad keys cannot keep the database busy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from flywheel import store
+from flywheel.keys import active_keys, hash_key
+from serving.errors import ApiError
+
+
+class KeyCache:
+    def __init__(self, db_path: Path, refresh_interval_s: float = 1.0):
+        self.db_path = db_path
+        self.refresh_interval_s = refresh_interval_s
+        self._keys: dict[str, str] = {}
+        self._refreshed = 0.0
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._refreshed < self.refresh_interval_s:
+                return
+            with store.connect(self.db_path) as con:
+                self._keys = active_keys(con)
+            self._refreshed = time.monotonic()
+
+    def cached(self, key_hash: str) -> str | None:
+        return self._keys.get(key_hash)
+
+
+async def require_project(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
+    cache: KeyCache = request.app.state.keys
+    key_hash = hash_key(key.strip())
+    project = cache.cached(key_hash)
+    if project is None:
+        await run_in_threadpool(cache.refresh)
+        project = cache.cached(key_hash)
+    if project is None:
+        raise ApiError(401, "invalid API key", code="invalid_api_key")
+    return project
+
+
+ProjectDep = Annotated[str, Depends(require_project)]

@@ -1,0 +1,13 @@
+"""Prometheus metrics of the service, defined once per process."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ITEMS = Counter("flywheel_ingest_items_total", "Ingested items by kind and result", ["kind", "result"])
+REQUESTS = Counter("flywheel_http_requests_total", "HTTP requests by route and status", ["route", "status"])
+QUEUE_ITEMS = Gauge("flywheel_writer_queue_items", "Items waiting for the writer")
+COMMIT_SECONDS = Histogram(
+    "flywheel_writer_commit_seconds", "Time to commit one batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)  # fmt: skip
+HANDOVERS = Counter("flywheel_writer_handovers_total", "Times the writer released the database to a waiting process")
+REJECTED = Counter("flywheel_ingest_rejected_total", "Requests refused whole, by reason", ["reason"])

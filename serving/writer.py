@@ -1,0 +1,186 @@
+"""The single writer: every item the service acknowledges goes through here into DuckDB.
+
+Requests hand over validated rows and wait; one thread takes everything pending (group commit),
+writes it in one transaction and only then answers, so an acknowledged item is committed. The
+queue is bounded (callers get `QueueFull` and answer 503). The thread keeps the database open
+while busy, closes it when idle, and hands it over between two batches whenever another process
+waits for it (see `flywheel.store.waiting`), so curation and the CLI can read while we ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flywheel import store
+from flywheel.interactions import write_feedback, write_interactions
+from serving import metrics
+
+log = logging.getLogger("flywheel.writer")
+
+
+class QueueFull(RuntimeError):
+    """More items are waiting for the writer than the configured limit."""
+
+
+@dataclass
+class Outcome:
+    """What happened to one request's rows: for each row (in order) whether it was stored now
+    (False: its id was already stored, or came earlier), and for feedback the (project,
+    interaction_id) that do not exist."""
+
+    stored: list[bool]
+    unknown: set[tuple] = field(default_factory=set)
+
+
+@dataclass
+class _Job:
+    kind: str  # interactions | feedback
+    rows: list[tuple]
+    future: Future
+
+
+class Writer:
+    def __init__(self, db_path: Path, *, max_queue_items: int, max_batch_items: int,
+                 idle_close_s: float = 0.5, handover_wait_s: float = 2.0):
+        self.db_path = Path(db_path)
+        self.max_queue_items = max_queue_items
+        self.max_batch_items = max_batch_items
+        self.idle_close_s = idle_close_s
+        self.handover_wait_s = handover_wait_s
+        self._jobs: list[_Job] = []
+        self._pending_items = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._con: store.Connection | None = None
+        self._thread = threading.Thread(target=self._run, name="flywheel-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write everything already accepted, then close the database."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    @property
+    def pending_items(self) -> int:
+        return self._pending_items
+
+    def submit(self, kind: str, rows: list[tuple]) -> Future:
+        """Queue rows for the next commit; the future resolves to an `Outcome` once committed."""
+        future: Future = Future()
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the service is shutting down")
+            if self._pending_items + len(rows) > self.max_queue_items:
+                raise QueueFull(f"{self._pending_items} items are waiting to be written (limit {self.max_queue_items})")
+            self._jobs.append(_Job(kind, rows, future))
+            self._pending_items += len(rows)
+            metrics.QUEUE_ITEMS.set(self._pending_items)
+            self._cond.notify()
+        return future
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            if not self._jobs and not self._stopping:
+                self._cond.wait(timeout=self.idle_close_s)
+            if not self._jobs:
+                return None
+            taken, n = [], 0
+            while self._jobs and (not taken or n + len(self._jobs[0].rows) <= self.max_batch_items):
+                job = self._jobs.pop(0)
+                taken.append(job)
+                n += len(job.rows)
+            return taken
+
+    def _release(self, n_items: int) -> None:
+        with self._cond:
+            self._pending_items -= n_items
+            metrics.QUEUE_ITEMS.set(self._pending_items)
+
+    def _close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _run(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                self._close()  # idle: let other processes in
+                if self._stopping:
+                    return
+                continue
+            try:
+                self._commit(jobs)
+            finally:
+                self._release(sum(len(j.rows) for j in jobs))
+            if store.waiting(self.db_path):
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        self._close()
+        deadline = time.monotonic() + self.handover_wait_s
+        while store.waiting(self.db_path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        metrics.HANDOVERS.inc()
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        """Write all jobs in one transaction; if that fails, each job alone, so one bad job
+        fails only its own request."""
+        started = time.perf_counter()
+        try:
+            outcomes = self._write(jobs)
+        except Exception:
+            log.exception("batch of %d requests failed; retrying them one by one", len(jobs))
+            for job in jobs:
+                try:
+                    (outcome,) = self._write([job])
+                    job.future.set_result(outcome)
+                except Exception as exc:
+                    job.future.set_exception(exc)
+            return
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        for job, outcome in zip(jobs, outcomes):
+            job.future.set_result(outcome)
+
+    def _write(self, jobs: list[_Job]) -> list[Outcome]:
+        if self._con is None:
+            self._con = store.open_connection(self.db_path, timeout_s=60.0)
+        con = self._con
+        # A retried id may arrive twice in one batch: only its first occurrence is written.
+        seen: set[tuple] = set()
+        rows: dict[str, list[tuple]] = {"interactions": [], "feedback": []}
+        for job in jobs:
+            for row in job.rows:
+                if (job.kind, row[0], row[1]) not in seen:
+                    seen.add((job.kind, row[0], row[1]))
+                    rows[job.kind].append(row)
+        try:
+            con.execute("BEGIN")
+            new = {"interactions": write_interactions(con, rows["interactions"])}
+            new["feedback"], unknown = write_feedback(con, rows["feedback"])
+            con.execute("COMMIT")
+        except Exception:
+            self._close()  # an aborted transaction or a broken connection: start clean next time
+            raise
+        # A new key is credited to the first row that carried it.
+        outcomes, claimed = [], set()
+        for job in jobs:
+            stored = []
+            for r in job.rows:
+                key = (job.kind, r[0], r[1])
+                stored.append((r[0], r[1]) in new[job.kind] and key not in claimed)
+                claimed.add(key)
+            outcome = Outcome(stored=stored)
+            if job.kind == "feedback":
+                outcome.unknown = {(r[0], r[2]) for r in job.rows} & unknown
+            outcomes.append(outcome)
+        return outcomes

@@ -1,0 +1,48 @@
+"""The `flywheel` CLI as a user runs it: real processes, exit codes, messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from flywheel import store
+from flywheel.keys import active_keys, hash_key
+from flywheel.settings import load_settings
+
+
+def flywheel(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flywheel.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_init_creates_folder_config_and_a_key_once(tmp_path):
+    home = tmp_path / "home"
+    out = flywheel("init", "--data-dir", str(home), "--project", "acme")
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip().splitlines()[-1]
+    assert key.startswith("fwk_") and (home / "flywheel.toml").exists()
+    with store.connect(load_settings(home).db_path) as con:
+        assert active_keys(con) == {hash_key(key): "acme"}
+        assert key not in str(con.execute("SELECT * FROM api_keys").fetchall())  # only the hash is stored
+    again = flywheel("init", "--data-dir", str(home))
+    assert again.returncode == 0 and "already initialised" in again.stdout and "fwk_" not in again.stdout
+
+
+def test_keys_create_and_bad_project_name(tmp_path):
+    out = flywheel("keys", "create", "--project", "globex", "--data-dir", str(tmp_path))
+    assert out.returncode == 0 and out.stdout.startswith("fwk_")
+    bad = flywheel("keys", "create", "--project", "no spaces!", "--data-dir", str(tmp_path))
+    assert bad.returncode == 2 and "project:" in bad.stderr and "Traceback" not in bad.stderr
+    missing = flywheel("keys", "create", "--data-dir", str(tmp_path))
+    assert missing.returncode == 2 and "--project" in missing.stderr
+
+
+def test_status_and_usage_errors(tmp_path):
+    out = flywheel("status", "--data-dir", str(tmp_path / "nothing"))
+    assert out.returncode == 1 and "flywheel init" in out.stderr
+    assert flywheel("init", "--data-dir", str(tmp_path)).returncode == 0
+    out = flywheel("status", "--data-dir", str(tmp_path))
+    assert out.returncode == 0 and "no interactions" in out.stdout
+    assert flywheel("no-such-command").returncode == 2
+    assert flywheel("serve", "--port", "99999999").returncode == 2
+    for command in ("init", "keys", "serve", "status"):
+        assert flywheel(command, "--help").returncode == 0
