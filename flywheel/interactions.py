@@ -11,6 +11,7 @@ import base64
 from collections.abc import Sequence
 from datetime import datetime
 
+import msgspec
 import orjson
 import pyarrow as pa
 
@@ -118,8 +119,8 @@ def read_interactions(
     names = [d[0] for d in result.description]
     rows = [dict(zip(names, r)) for r in result.fetchall()]
     for row in rows:
-        row["request"] = orjson.loads(row["request"])
-        row["metadata"] = orjson.loads(row["metadata"]) if row["metadata"] is not None else None
+        row["request"] = msgspec.json.decode(row["request"])
+        row["metadata"] = msgspec.json.decode(row["metadata"]) if row["metadata"] is not None else None
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (encode_cursor(rows[-1]["ts"], rows[-1]["id"]) if more else None)

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-import orjson
 
 from flywheel import pii
 
@@ -76,6 +75,13 @@ FEEDBACK_COLUMNS = (
 )  # fmt: skip
 
 _interaction_decoder = msgspec.json.Decoder(InteractionIn)
+_encoder = msgspec.json.Encoder()  # unlike orjson, it encodes any integer a client may send
+
+
+def _encode(value: Any) -> str:
+    return _encoder.encode(value).decode()
+
+
 _feedback_decoder = msgspec.json.Decoder(FeedbackIn)
 
 
@@ -159,9 +165,9 @@ def interaction_row(raw: bytes, *, project: str, redact: bool, limits: Limits, s
     now = now or _now()
     return (
         project, item.id or uuid.uuid4().hex, item.task, _utc(item.ts, now), item.model,
-        orjson.dumps(request).decode(), response, item.latency_ms, item.prompt_tokens,
+        _encode(request), response, item.latency_ms, item.prompt_tokens,
         item.completion_tokens, item.cost_usd, item.status, item.user_id, item.session_id, item.tags,
-        orjson.dumps(item.metadata).decode() if item.metadata is not None else None,
+        _encode(item.metadata) if item.metadata is not None else None,
         source, found + n, now,
     )  # fmt: skip
 
@@ -199,6 +205,6 @@ def feedback_row(raw: bytes, *, project: str, redact: bool, limits: Limits, now:
         found += n
     now = now or _now()
     return (
-        project, item.id or uuid.uuid4().hex, item.interaction_id, item.kind, orjson.dumps(value).decode(),
+        project, item.id or uuid.uuid4().hex, item.interaction_id, item.kind, _encode(value),
         comment, item.user_id, _utc(item.ts, now), found, now,
     )  # fmt: skip

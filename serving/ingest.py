@@ -142,7 +142,7 @@ def _page(request: Request, project: str, **query) -> tuple[list[dict], str | No
 
 
 def _json(payload: dict) -> Response:
-    return Response(orjson.dumps(payload, default=str), media_type="application/json")
+    return Response(msgspec.json.encode(payload), media_type="application/json")
 
 
 @router.get("/v1/interactions", summary="List this project's interactions, oldest first, paginated")

@@ -185,3 +185,11 @@ def test_metrics_count_items(client, shared_server):
     text = client.get("/metrics").text
     assert 'flywheel_ingest_items_total{kind="interactions",result="accepted"}' in text
     assert "flywheel_writer_commit_seconds_count" in text
+
+
+def test_any_json_metadata_round_trips(client, shared_server):
+    key = shared_server.keys["acme"]
+    meta = {"big": 2**70, "nested": {"list": [1, "two", None, 3.5]}, "unicode": "héllo ✓"}
+    r = post(client, key, "/v1/interactions", {"interactions": [interaction("meta-1", task="meta", metadata=meta)]})
+    assert r.json()["accepted"] == 1
+    assert client.get("/v1/interactions/meta-1", headers=auth(key)).json()["metadata"] == meta
