@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
 CONFIG_FILE = "flywheel.toml"
@@ -27,6 +28,34 @@ class IngestSettings(BaseModel):
     max_queue_items: int = Field(100_000, description="Items waiting for the writer; above it new requests get 503.")
     max_batch_items: int = Field(20_000, description="Most items the writer commits at once.")
     ack_timeout_s: float = Field(30.0, description="How long a request waits for its items to be committed.")
+
+
+class RouteSettings(BaseModel):
+    """One model the gateway serves, under `[routes.NAME]` in flywheel.toml."""
+
+    kind: Literal["local", "upstream", "vllm"] = Field(
+        description="local: a Hugging Face model served by our engine; upstream: an OpenAI-compatible "
+        "provider; vllm: a vLLM server (upstream plus runtime LoRA loading)."
+    )
+    path: str | None = Field(None, description="local: the model folder or id for `from_pretrained`.")
+    adapters: dict[str, str] = Field(default_factory=dict, description="local: LoRA name -> adapter folder, loaded at start.")
+    base_url: str | None = Field(None, description="upstream/vllm: base URL ending in /v1.")
+    api_key_env: str | None = Field(None, description="upstream/vllm: environment variable holding the API key.")
+    model: str | None = Field(None, description="upstream/vllm: the model name there (default: the route name).")
+    fallback: str | None = Field(None, description="Route to use when this one fails.")
+    timeout_s: float = Field(60.0, description="upstream/vllm: per-attempt timeout.")
+    retries: int = Field(2, ge=0, le=10, description="upstream/vllm: retries on connection errors and 5xx.")
+    usd_per_1k_prompt: float = Field(0.0, ge=0, description="Price per 1,000 prompt tokens, for recorded cost.")
+    usd_per_1k_completion: float = Field(0.0, ge=0, description="Price per 1,000 completion tokens.")
+    max_batch: int = Field(16, ge=1, description="local: most requests generated together.")
+    max_wait_ms: float = Field(5.0, ge=0, description="local: how long a batch waits to fill up.")
+
+
+class GatewaySettings(BaseModel):
+    """The OpenAI-compatible gateway."""
+
+    max_tokens: int = Field(512, ge=1, description="Cap on `max_tokens` of any request.")
+    alias_refresh_s: float = Field(1.0, description="How often aliases are re-read from the deployments table.")
 
 
 class ProjectSettings(BaseModel):
@@ -46,6 +75,8 @@ class Settings(BaseSettings):
     redact_pii: bool = Field(True, description="Default PII redaction for projects without an override.")
     projects: dict[str, ProjectSettings] = Field(default_factory=dict, description="Per-project settings.")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    routes: dict[str, RouteSettings] = Field(default_factory=dict, description="Models the gateway serves.")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -53,6 +84,17 @@ class Settings(BaseSettings):
         home = init_settings.init_kwargs.get("home") or os.environ.get("FLYWHEEL_HOME") or ".flywheel"
         toml = TomlConfigSettingsSource(settings_cls, toml_file=Path(home) / CONFIG_FILE)
         return (init_settings, env_settings, toml)
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Settings:
+        for name, route in self.routes.items():
+            if route.kind == "local" and not route.path:
+                raise ValueError(f"routes.{name}.path: a local route needs the model folder")
+            if route.kind != "local" and not route.base_url:
+                raise ValueError(f"routes.{name}.base_url: an {route.kind} route needs the provider's base URL")
+            if route.fallback is not None and route.fallback not in self.routes:
+                raise ValueError(f"routes.{name}.fallback: no route named {route.fallback!r}")
+        return self
 
     @property
     def db_path(self) -> Path:

@@ -75,7 +75,7 @@ def migrate(con: Connection) -> list[int]:
     )
     done = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
     applied = []
-    for version, name, sql in MIGRATIONS:
+    for version, name, sql in sorted(MIGRATIONS):
         if version in done:
             continue
         con.execute("BEGIN")

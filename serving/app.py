@@ -7,15 +7,28 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+import httpx
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from flywheel import store
 from flywheel.settings import Settings
-from serving import errors, ingest
+from serving import adapters, errors, gateway, ingest
 from serving.auth import KeyCache
+from serving.routing import Router
 from serving.writer import Writer
+
+
+def _engines(settings: Settings) -> dict:
+    """Load the model of every local route (before the service accepts requests)."""
+    if not any(route.kind == "local" for route in settings.routes.values()):
+        return {}
+    from serving.engine import Engine
+
+    return {name: Engine(route.path, adapters=route.adapters, max_batch=route.max_batch, max_wait_ms=route.max_wait_ms)
+            for name, route in settings.routes.items() if route.kind == "local"}  # fmt: skip
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -24,11 +37,17 @@ def create_app(settings: Settings) -> FastAPI:
         with store.connect(settings.db_path):  # create the database and apply migrations up front
             pass
         app.state.keys.refresh()
+        app.state.router.refresh_aliases(force=True)
+        app.state.engines = await run_in_threadpool(_engines, settings)
+        app.state.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         app.state.writer.start()
         try:
             yield
         finally:
             app.state.writer.stop()  # graceful shutdown: everything accepted gets written
+            await app.state.http.aclose()
+            for engine in app.state.engines.values():
+                engine.close()
 
     app = FastAPI(title="Flywheel", version="0.1.0", lifespan=lifespan,
                   description="Ingestion, feedback and OpenAI-compatible gateway of Flywheel.")  # fmt: skip
@@ -36,8 +55,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.keys = KeyCache(settings.db_path)
     app.state.writer = Writer(settings.db_path, max_queue_items=settings.ingest.max_queue_items,
                               max_batch_items=settings.ingest.max_batch_items)  # fmt: skip
+    app.state.router = Router(settings)
     errors.install(app)
     app.include_router(ingest.router)
+    app.include_router(gateway.router)
+    app.include_router(adapters.router)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict:

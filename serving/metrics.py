@@ -11,3 +11,5 @@ COMMIT_SECONDS = Histogram(
 )  # fmt: skip
 HANDOVERS = Counter("flywheel_writer_handovers_total", "Times the writer released the database to a waiting process")
 REJECTED = Counter("flywheel_ingest_rejected_total", "Requests refused whole, by reason", ["reason"])
+RECORDING_FAILURES = Counter("flywheel_recording_failures_total", "Gateway calls that could not be recorded")
+GATEWAY = Counter("flywheel_gateway_requests_total", "Gateway requests by route and outcome", ["route", "outcome"])

@@ -1,0 +1,59 @@
+"""Who serves what: per task, which model holds the `production` and `canary` aliases.
+
+Every change is written with its reason into `deployment_events`, an append-only history, in
+the same transaction as the alias move, so the history never disagrees with the state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from flywheel.store import Connection
+
+ALIASES = ("production", "canary")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    project: str
+    task: str
+    alias: str
+    model: str
+    share: float
+
+
+def deployments(con: Connection, project: str | None = None) -> list[Deployment]:
+    where, params = ("WHERE project = ?", [project]) if project else ("", [])
+    rows = con.execute(f"SELECT project, task, alias, model, share FROM deployments {where}", params).fetchall()
+    return [Deployment(*row) for row in rows]
+
+
+def assign(con: Connection, *, project: str, task: str, alias: str, model: str, reason: str,
+           share: float = 1.0, evidence: dict | None = None, action: str = "promote") -> Deployment:
+    """Point `alias` of `task` at `model` and record why."""
+    if alias not in ALIASES:
+        raise ValueError(f"alias: expected one of {', '.join(ALIASES)}, got {alias!r}")
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share: expected a fraction in (0, 1], got {share}")
+    con.execute("BEGIN")
+    try:
+        previous = con.execute("SELECT model FROM deployments WHERE project = ? AND task = ? AND alias = ?",
+                               [project, task, alias]).fetchone()  # fmt: skip
+        con.execute(
+            "INSERT INTO deployments (project, task, alias, model, share) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET model = excluded.model, share = excluded.share, updated_at = now()",
+            [project, task, alias, model, share],
+        )
+        con.execute(
+            "INSERT INTO deployment_events (project, task, alias, action, model, previous_model, reason, evidence)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [project, task, alias, action, model, previous[0] if previous else None, reason,
+             orjson.dumps(evidence).decode() if evidence is not None else None],
+        )  # fmt: skip
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return Deployment(project, task, alias, model, share)

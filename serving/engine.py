@@ -1,0 +1,250 @@
+"""The local inference engine: one Hugging Face causal LM, many LoRA adapters, dynamic batching.
+
+Requests that arrive together (up to `max_batch`, waiting at most `max_wait_ms` for company) are
+decoded together, one step at a time, so each request streams its tokens as they come. Rows for
+different adapters share the base model in one batch (PEFT's per-row `adapter_names`). A row
+that finishes or whose client goes away leaves the batch at once (its KV cache rows are dropped).
+Adapter loads and unloads run in the engine thread between two batches, so they never race a
+forward pass and an in-flight request never fails because of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+log = logging.getLogger("flywheel.engine")
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class Generation:
+    """One request to the engine. `emit(delta, done)` is called from the engine thread with each
+    new piece of text, and once with `done` = {"finish_reason", "prompt_tokens", "completion_tokens"}."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    emit: Callable[[str, dict | None], None]
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    adapter: str | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Row:
+    gen: Generation
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    generator: object = None
+
+
+class Engine:
+    def __init__(self, path: str, *, adapters: dict[str, str] | None = None, max_batch: int = 16,
+                 max_wait_ms: float = 5.0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = path
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
+        self.adapters: dict[str, str] = {}
+        for name, adapter_path in (adapters or {}).items():
+            self._load(name, adapter_path)
+        self._requests: queue.Queue[Generation] = queue.Queue()
+        self._admin: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="flywheel-engine", daemon=True)
+        self._thread.start()
+
+    # --- the public side, called from any thread ---------------------------------------------
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt)["input_ids"]
+
+    def submit(self, gen: Generation) -> None:
+        self._requests.put(gen)
+
+    def load_adapter(self, name: str, path: str) -> Future:
+        return self._call(lambda: self._load(name, path))
+
+    def unload_adapter(self, name: str) -> Future:
+        return self._call(lambda: self._unload(name))
+
+    def close(self) -> None:
+        self._running = False
+        self._requests.put(None)  # wake the loop
+        self._thread.join(timeout=30)
+
+    def _call(self, fn: Callable[[], object]) -> Future:
+        future: Future = Future()
+        self._admin.put((fn, future))
+        self._requests.put(None)  # wake the loop so the command runs now, not after a timeout
+        return future
+
+    # --- the engine thread -------------------------------------------------------------------
+
+    def _load(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        if name in self.adapters:
+            raise ValueError(f"lora_name: adapter {name!r} is already loaded")
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(path, adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+        self.adapters[name] = path
+
+    def _unload(self, name: str) -> None:
+        if name not in self.adapters:
+            raise KeyError(f"lora_name: no adapter {name!r} is loaded")
+        self.model.delete_adapter(name)
+        del self.adapters[name]
+
+    def _run_admin(self) -> None:
+        while not self._admin.empty():
+            fn, future = self._admin.get()
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # the caller gets it; the engine goes on
+                future.set_exception(exc)
+
+    def _collect(self) -> list[Generation]:
+        batch: list[Generation] = []
+        first = self._requests.get()
+        if first is not None:
+            batch.append(first)
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            timeout = deadline - time.monotonic()
+            try:
+                gen = self._requests.get(timeout=timeout) if timeout > 0 else self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if gen is not None:
+                batch.append(gen)
+        return batch
+
+    def _run(self) -> None:
+        while self._running:
+            self._run_admin()
+            batch = [g for g in self._collect() if not g.cancelled.is_set()]
+            self._run_admin()
+            if not batch:
+                continue
+            try:
+                self._generate(batch)
+            except Exception as exc:  # fail this batch's requests, keep serving
+                log.exception("generation failed")
+                for gen in batch:
+                    gen.emit("", {"finish_reason": "error", "error": str(exc), "prompt_tokens": len(gen.prompt_ids),
+                                  "completion_tokens": 0})  # fmt: skip
+
+    def _generate(self, batch: list[Generation]) -> None:
+        import torch
+        from peft import PeftModel
+
+        rows = [_Row(g) for g in batch]
+        for row in rows:
+            if row.gen.seed is not None:
+                row.generator = torch.Generator(device=self.device).manual_seed(row.gen.seed)
+        width = max(len(g.prompt_ids) for g in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, g in enumerate(batch):  # left padding: every row's next token is at the end
+            ids[i, width - len(g.prompt_ids):] = torch.tensor(g.prompt_ids)
+            mask[i, width - len(g.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        extra = {}
+        if isinstance(self.model, PeftModel):
+            extra["adapter_names"] = [g.adapter or BASE for g in batch]
+        past = None
+        with torch.inference_mode():
+            while rows:
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                                 use_cache=True, **extra)  # fmt: skip
+                past = out.past_key_values
+                logits = out.logits[:, -1, :].float()
+                keep, next_tokens = [], []
+                for i, row in enumerate(rows):
+                    token = self._sample(logits[i], row)
+                    finish = self._advance(row, token)
+                    if finish is None:
+                        keep.append(i)
+                        next_tokens.append(token)
+                if len(keep) < len(rows):  # finished or abandoned rows leave the batch now
+                    index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                    rows = [rows[i] for i in keep]
+                    if not rows:
+                        break
+                    past.batch_select_indices(index)
+                    mask, positions = mask[index], positions[index]
+                    if "adapter_names" in extra:
+                        extra["adapter_names"] = [extra["adapter_names"][i] for i in keep]
+                ids = torch.tensor(next_tokens, dtype=torch.long, device=self.device).unsqueeze(-1)
+                mask = torch.cat([mask, torch.ones_like(ids)], dim=-1)
+                positions = positions[:, -1:] + 1
+
+    def _sample(self, logits, row: _Row) -> int:
+        import torch
+
+        if row.gen.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / row.gen.temperature, dim=-1)
+        if row.gen.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            cut = sorted_probs.cumsum(-1) - sorted_probs > row.gen.top_p
+            sorted_probs[cut] = 0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _advance(self, row: _Row, token: int) -> str | None:
+        """Append `token` to the row, emit the new text; return a finish reason when done."""
+        gen = row.gen
+        if gen.cancelled.is_set():
+            return "cancelled"
+        finish = None
+        if token in self.eos_ids:
+            finish = "stop"
+        else:
+            row.tokens.append(token)
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                text = row.text
+            delta, row.text = text[len(row.text):], text
+            for stop in gen.stop:
+                at = row.text.find(stop)
+                if at >= 0:  # hold back the stop string and anything after it
+                    delta = delta[: max(0, len(delta) - (len(row.text) - at))]
+                    row.text = row.text[:at]
+                    finish = "stop"
+                    break
+            if delta:
+                gen.emit(delta, None)
+            if finish is None and (len(row.tokens) >= gen.max_tokens
+                                   or len(gen.prompt_ids) + len(row.tokens) >= self.context_length):
+                finish = "length"
+        if finish:
+            gen.emit("", {"finish_reason": finish, "prompt_tokens": len(gen.prompt_ids),
+                          "completion_tokens": len(row.tokens)})  # fmt: skip
+        return finish

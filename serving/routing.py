@@ -1,0 +1,92 @@
+"""Which backend answers a request: the gateway's model names, routes, aliases and canaries.
+
+A request's `model` is a route name (from `[routes.NAME]`), an adapter name served by a local
+or vLLM route, or an alias: `TASK` (the task's production model) or `TASK:canary`. Aliases live
+in the `deployments` table; they are re-read every `gateway.alias_refresh_s`, so a promotion made
+by another process takes effect within a second without a restart. A canary with share s serves
+the fraction s of users, chosen by a stable hash of the user (or session) id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flywheel import store
+from flywheel.deployments import deployments
+from flywheel.settings import RouteSettings, Settings
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one request goes, and what it is recorded as."""
+
+    route_name: str
+    route: RouteSettings
+    model_id: str  # what the caller asked for, resolved: a route or adapter name
+    adapter: str | None  # the LoRA adapter on a local or vLLM route
+    task: str | None  # from an alias
+    alias: str | None
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+def canary_bucket(key: str) -> float:
+    """A stable number in [0, 1) for a user or session id."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+class Router:
+    def __init__(self, settings: Settings):
+        self.routes = settings.routes
+        self.db_path: Path = settings.db_path
+        self.refresh_s = settings.gateway.alias_refresh_s
+        # adapter name -> route name; local routes' adapters are added by the engine owner
+        self.adapters: dict[str, str] = {a: r for r, route in self.routes.items() for a in route.adapters}
+        self._aliases: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._refreshed = 0.0
+        self._lock = threading.Lock()
+
+    def model_ids(self) -> list[str]:
+        return sorted(set(self.routes) | set(self.adapters))
+
+    def refresh_aliases(self, force: bool = False) -> None:
+        with self._lock:
+            if not force and time.monotonic() - self._refreshed < self.refresh_s:
+                return
+            with store.connect(self.db_path) as con:
+                rows = deployments(con)
+            self._aliases = {(d.project, d.task, d.alias): (d.model, d.share) for d in rows}
+            self._refreshed = time.monotonic()
+
+    def aliases_stale(self) -> bool:
+        return time.monotonic() - self._refreshed >= self.refresh_s
+
+    def aliases(self, project: str) -> list[str]:
+        return sorted(t if a == "production" else f"{t}:{a}" for (p, t, a) in self._aliases if p == project)
+
+    def resolve(self, project: str, model: str, *, user: str | None = None) -> Target:
+        task = alias = None
+        if model not in self.routes and model not in self.adapters:
+            task, _, suffix = model.partition(":")
+            alias = suffix or "production"
+            deployed = self._aliases.get((project, task, alias))
+            if deployed is None:
+                known = ", ".join(self.model_ids() + self.aliases(project)) or "none"
+                raise UnknownModel(f"model: {model!r} is not a route, an adapter or a deployed alias (known: {known})")
+            model = deployed[0]
+            if alias == "production" and user is not None:
+                canary = self._aliases.get((project, task, "canary"))
+                if canary is not None and canary_bucket(user) < canary[1]:
+                    model, alias = canary[0], "canary"
+        if model in self.routes:
+            return Target(model, self.routes[model], model, None, task, alias)
+        if model in self.adapters:
+            route_name = self.adapters[model]
+            return Target(route_name, self.routes[route_name], model, model, task, alias)
+        raise UnknownModel(f"model: alias {task}:{alias} points at {model!r}, which no route serves")

@@ -1,0 +1,279 @@
+"""The gateway with the official `openai` client against real `flywheel serve` processes:
+a local tiny model with LoRA adapters, an upstream/vLLM-style route to a second server,
+aliases, canaries, fallbacks, recording, adapter hot swap, and bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import Server, auth, make_keys
+from flywheel import store
+from flywheel.deployments import assign
+from flywheel.settings import load_settings
+from serving.routing import canary_bucket
+
+pytestmark = pytest.mark.slow
+HELLO = [{"role": "user", "content": "my parcel is late"}]
+
+
+def make_adapter(base, out, seed: int):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
+                                      init_lora_weights=False))  # fmt: skip
+    with torch.no_grad():  # make the adapter change the answers for sure
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(20)
+    model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from flywheel.tiny import build_tiny_model, ticket_texts
+
+    root = tmp_path_factory.mktemp("models")
+    base = str(build_tiny_model(root / "base", ticket_texts(200), max_length=96))
+    return {"base": base, **{f"ada-{i}": make_adapter(base, root / f"ada-{i}", i) for i in (1, 2, 3)}}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, models):
+    up_dir = tmp_path_factory.mktemp("upstream")
+    (up_dir / "flywheel.toml").write_text(f'[routes.tiny]\nkind = "local"\npath = "{models["base"]}"\n')
+    up_key = make_keys(up_dir, "gw")["gw"]
+    up = Server(up_dir).start()
+    up.key = up_key
+    gw_dir = tmp_path_factory.mktemp("gateway")
+    (gw_dir / "flywheel.toml").write_text(f"""
+[gateway]
+max_tokens = 16
+alias_refresh_s = 0.2
+[routes.tiny]
+kind = "local"
+path = "{models['base']}"
+adapters = {{ "ada-1" = "{models['ada-1']}" }}
+max_batch = 8
+usd_per_1k_completion = 0.5
+[routes.remote]
+kind = "vllm"
+base_url = "{up.url}/v1"
+api_key_env = "UPSTREAM_KEY"
+model = "tiny"
+[routes.dead]
+kind = "upstream"
+base_url = "http://127.0.0.1:9/v1"
+retries = 1
+fallback = "tiny"
+[routes.dead-end]
+kind = "upstream"
+base_url = "http://127.0.0.1:9/v1"
+retries = 0
+""")
+    key = make_keys(gw_dir, "gw")["gw"]
+    gw = Server(gw_dir, env={"UPSTREAM_KEY": up_key}).start()
+    gw.key = key
+    yield gw, up
+    gw.stop()
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def client(servers):
+    gw, _ = servers
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key, max_retries=0)
+
+
+def ask(client, model, content="my parcel is late", **kw):
+    kw = {"temperature": 0, "max_tokens": 8, **kw}
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}], **kw)
+
+
+def recorded(servers, interaction_id: str, timeout: float = 5.0) -> dict:
+    gw, _ = servers
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{gw.url}/v1/interactions/{interaction_id}", headers=auth(gw.key))
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(0.05)
+    raise AssertionError(f"interaction {interaction_id} was not recorded")
+
+
+def test_chat_is_answered_and_recorded(client, servers):
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=HELLO, temperature=0, max_tokens=8, extra_headers={"x-flywheel-task": "triage"})
+    answer = raw.parse()
+    assert answer.choices[0].message.role == "assistant" and answer.usage.completion_tokens >= 1
+    row = recorded(servers, raw.headers["x-flywheel-interaction-id"])
+    assert row["task"] == "triage" and row["model"] == "tiny" and row["source"] == "gateway"
+    assert row["response"] == answer.choices[0].message.content
+    assert row["request"]["messages"] == HELLO and row["metadata"]["route"] == "tiny"
+    assert row["cost_usd"] == pytest.approx(answer.usage.completion_tokens / 1000 * 0.5)
+
+
+def test_streaming_matches_the_plain_answer(client):
+    plain = ask(client, "tiny").choices[0].message.content
+    chunks = list(ask(client, "tiny", stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain and chunks[-1].usage.completion_tokens >= 1
+    done = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, temperature=0)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt="Hello", max_tokens=5, temperature=0, stream=True))
+    assert streamed == done.choices[0].text
+
+
+def test_adapters_change_answers_and_batch_with_the_base(client):
+    alone = {m: ask(client, m).choices[0].message.content for m in ("tiny", "ada-1")}
+    assert alone["tiny"] != alone["ada-1"]
+    results, errors = {}, []
+
+    def one(i):
+        model = ("tiny", "ada-1")[i % 2]
+        try:
+            results[i] = (model, ask(client, model).choices[0].message.content)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    assert all(text == alone[model] for model, text in results.values())
+
+
+def test_models_lists_routes_and_adapters(client):
+    ids = {m.id for m in client.models.list()}
+    assert {"tiny", "ada-1", "remote", "dead"} <= ids
+
+
+def test_aliases_and_a_deterministic_canary(client, servers):
+    gw, _ = servers
+    with store.connect(load_settings(gw.data_dir).db_path) as con:
+        assign(con, project="gw", task="triage", alias="production", model="tiny", reason="test")
+        assign(con, project="gw", task="triage", alias="canary", model="ada-1", share=0.5, reason="test")
+    time.sleep(0.5)
+    for user in [f"user-{i}" for i in range(12)]:
+        raw = client.chat.completions.with_raw_response.create(model="triage", messages=HELLO, max_tokens=2, user=user)
+        row = recorded(servers, raw.headers["x-flywheel-interaction-id"])
+        expected = "ada-1" if canary_bucket(user) < 0.5 else "tiny"
+        assert (row["model"], row["task"]) == (expected, "triage")
+        assert row["metadata"]["alias"] == ("canary" if expected == "ada-1" else "production")
+    assert ask(client, "triage:canary").model == "ada-1"
+
+
+def test_upstream_route_and_its_recording(client, servers):
+    plain = ask(client, "remote")
+    assert plain.choices[0].message.content == ask(client, "tiny").choices[0].message.content
+    raw = client.chat.completions.with_raw_response.create(model="remote", messages=HELLO, max_tokens=4, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    row = recorded(servers, raw.headers["x-flywheel-interaction-id"])
+    assert row["metadata"]["route"] == "remote" and row["response"] == text
+
+
+def test_fallback_and_a_failed_upstream(client, servers):
+    raw = client.chat.completions.with_raw_response.create(model="dead", messages=HELLO, max_tokens=4)
+    row = recorded(servers, raw.headers["x-flywheel-interaction-id"])
+    assert row["metadata"]["route"] == "tiny" and row["status"] == "ok"
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(client, "dead-end")
+    assert info.value.status_code == 502 and "127.0.0.1:9" in info.value.message
+    row = recorded(servers, info.value.response.headers["x-flywheel-interaction-id"])
+    assert row["status"] == "error" and "127.0.0.1:9" in row["metadata"]["error"]
+
+
+def test_adapters_load_and_unload_at_runtime(client, servers, models):
+    gw, up = servers
+    admin = httpx.Client(base_url=gw.url, headers=auth(gw.key), timeout=60)
+    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "ada-2", "lora_path": models["ada-2"], "route": "tiny"})
+    assert r.status_code == 200 and "ada-2" in r.text
+    assert ask(client, "ada-2").model == "ada-2"
+    assert admin.post("/v1/unload_lora_adapter", json={"lora_name": "ada-2"}).status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        ask(client, "ada-2")
+    # the same calls reach a vLLM-style route (here: the second server speaks the same API)
+    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "ada-3", "lora_path": models["ada-3"], "route": "remote"})
+    assert r.status_code == 200, r.text
+    direct = openai.OpenAI(base_url=f"{up.url}/v1", api_key=up.key, max_retries=0)
+    assert ask(client, "ada-3").choices[0].message.content == ask(direct, "ada-3").choices[0].message.content
+    bad = admin.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/nope", "route": "tiny"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "lora_path"
+    assert admin.post("/v1/load_lora_adapter", json={"lora_name": "x"}).status_code == 400
+    assert admin.post("/v1/unload_lora_adapter", json={"lora_name": "never"}).status_code == 404
+
+
+def test_hot_swap_under_load_fails_nothing(client, servers, models):
+    gw, _ = servers
+    admin = httpx.Client(base_url=gw.url, headers=auth(gw.key), timeout=60)
+    db = load_settings(gw.data_dir).db_path
+    with store.connect(db) as con:
+        assign(con, project="gw", task="hot", alias="production", model="tiny", reason="start")
+    time.sleep(0.5)
+    stop, failures, done = threading.Event(), [], [0]
+
+    def load():
+        while not stop.is_set():
+            try:
+                ask(client, "hot", max_tokens=4)
+                done[0] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is counted
+                failures.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    [t.start() for t in threads]
+    try:
+        for i, model in enumerate(["ada-1", "hot-a", "tiny", "hot-a"]):
+            if model == "hot-a" and i == 1:
+                assert admin.post("/v1/load_lora_adapter", json={"lora_name": "hot-a", "lora_path": models["ada-2"],
+                                                                 "route": "tiny"}).status_code == 200  # fmt: skip
+            with store.connect(db) as con:
+                assign(con, project="gw", task="hot", alias="production", model=model, reason=f"swap {i}")
+            time.sleep(0.6)
+    finally:
+        stop.set()
+        [t.join() for t in threads]
+    assert not failures and done[0] > 20
+
+
+def test_bad_input_is_a_clear_400(client, servers):
+    gw, _ = servers
+    for kwargs, param in (({"temperature": 5}, "temperature"), ({"n": 2}, "n"), ({"top_p": 0}, "top_p"),
+                          ({"stop": ["a", "b", "c", "d", "e"]}, "stop")):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="tiny", messages=HELLO, **kwargs)
+        assert info.value.body["param"] == param
+    with pytest.raises(openai.NotFoundError) as info:
+        ask(client, "no-such-model")
+    assert "tiny" in info.value.message and "ada-1" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, "tiny", content="word " * 400)
+    assert "context is 96 tokens" in info.value.message
+    capped = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=10_000, temperature=1.0, seed=1)
+    assert capped.usage.completion_tokens <= 16
+    r = httpx.post(f"{gw.url}/v1/chat/completions", headers=auth(gw.key) | {"x-flywheel-task": "bad task!"},
+                   json={"model": "tiny", "messages": HELLO})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "x-flywheel-task"
+    r = httpx.post(f"{gw.url}/v1/chat/completions", headers=auth(gw.key), json={"model": "tiny"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+def test_client_disconnect_mid_stream_frees_the_slot(client, servers):
+    gw, _ = servers
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", headers=auth(gw.key), timeout=30,
+                      json={"model": "tiny", "messages": HELLO, "stream": True, "max_tokens": 16}) as r:  # fmt: skip
+        first = next(r.iter_lines())
+        interaction_id = r.headers["x-flywheel-interaction-id"]
+    assert first.startswith("data: ")
+    row = recorded(servers, interaction_id)
+    assert row["status"] == "error" and row["metadata"]["error"] == "client disconnected"
+    assert ask(client, "tiny").choices[0].finish_reason in ("stop", "length")
