@@ -98,4 +98,67 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        5,
+        "deployments",
+        """
+        CREATE TABLE deployments (          -- who serves what: one row per (project, task, alias)
+            project    VARCHAR NOT NULL,
+            task       VARCHAR NOT NULL,
+            alias      VARCHAR NOT NULL,     -- production | canary
+            model      VARCHAR NOT NULL,     -- a gateway model id: a route name or an adapter name
+            share      DOUBLE NOT NULL DEFAULT 1.0,  -- canary: the fraction of users it serves
+            updated_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (project, task, alias)
+        );
+        CREATE TABLE deployment_events (    -- append-only history of promotions and rollbacks
+            ts             TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            project        VARCHAR NOT NULL,
+            task           VARCHAR NOT NULL,
+            alias          VARCHAR NOT NULL,
+            action         VARCHAR NOT NULL,  -- promote | rollback | remove
+            model          VARCHAR,
+            previous_model VARCHAR,
+            reason         VARCHAR NOT NULL,
+            evidence       JSON
+        );
+        """,
+    ),
+    (
+        4,
+        "eval runs and results",
+        """
+        CREATE TABLE eval_runs (
+            id                VARCHAR PRIMARY KEY,
+            project           VARCHAR NOT NULL,
+            task              VARCHAR NOT NULL,
+            benchmark_id      VARCHAR NOT NULL,     -- the spec's name
+            benchmark_version VARCHAR NOT NULL,     -- content hash of the spec and its examples
+            model             VARCHAR NOT NULL,
+            sampler           VARCHAR NOT NULL,     -- endpoint | local | function, with its config
+            status            VARCHAR NOT NULL,     -- running | done | failed
+            error             VARCHAR,
+            started_at        TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            finished_at       TIMESTAMP,
+            metrics           JSON,                 -- quality: aggregate per metric
+            latency           JSON,                 -- p50/p95 ms, tokens/s
+            cost              JSON,                 -- total and per 1,000 requests, USD
+            n_examples        INTEGER               -- examples in the benchmark (a done run has them all)
+        );
+        CREATE TABLE eval_results (
+            run_id            VARCHAR NOT NULL,
+            example_id        VARCHAR NOT NULL,
+            input             JSON NOT NULL,        -- the prompt messages
+            expected          VARCHAR,
+            output            VARCHAR,
+            scores            JSON,                 -- per metric
+            latency_ms        DOUBLE,
+            completion_tokens INTEGER,
+            error             VARCHAR,
+            prompt_tokens     INTEGER,
+            cost_usd          DOUBLE,
+            tool_calls        JSON                  -- OpenAI-format tool calls of the output, if any
+        );
+        """,
+    ),
 ]
