@@ -1,0 +1,295 @@
+"""Curation: one task's production traffic → a versioned, leak-free training dataset.
+
+Every model Flywheel trains is only as good as this step, so each stage is explicit and counted:
+
+    select (one short read of the store)
+    → targets: a correction beats the logged response; negative feedback without one is dropped
+    → filters: failed calls, malformed messages, empty, oversized, regex rules      (SQL)
+    → exact dedup (normalised text hash)                                            (SQL)
+    → PII re-check: a record that still holds PII after ingestion redaction         (flywheel.pii)
+    → near dedup (MinHash + LSH, flywheel.dedup), keeping the best-labelled member
+    → leak-free split (flywheel.split) and DPO preference pairs
+    → content hash → files (flywheel.curation_output) → `datasets` record with lineage
+
+The store is opened three times, briefly: to read the selection into Arrow, to see whether the
+version exists, and to register it (DESIGN: nobody keeps the file longer than one unit of work;
+the ingestion server is waiting). All work in between runs on an in-memory DuckDB over Arrow,
+set-at-a-time; the only per-row Python is the PII re-check, and it scans a chunk of rows per
+call. The config and result types live in `flywheel.curation_config`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from flywheel import store
+from flywheel.curation_config import CurationConfig, CurationError, DatasetVersion
+from flywheel.settings import Settings
+
+__all__ = ["CurationConfig", "CurationError", "DatasetVersion", "curate"]
+
+
+# The selection: one scan of the task's interactions and their feedback (latest value of each
+# kind wins: a user may change their mind). Kept as text: it is stored with the version.
+SELECT_SQL = """
+WITH sel AS (
+    SELECT id, ts, session_id, status, request, response
+    FROM interactions
+    WHERE project = $project AND task = $task
+      AND ($since IS NULL OR ts >= CAST($since AS TIMESTAMP))
+      AND ($until IS NULL OR ts < CAST($until AS TIMESTAMP))
+), fb AS (
+    SELECT f.interaction_id AS id,
+        first(f.value ->> '$' ORDER BY f.ts DESC, f.id DESC) FILTER (WHERE f.kind = 'correction') AS correction,
+        first((f.value ->> '$') = 'true' ORDER BY f.ts DESC, f.id DESC) FILTER (WHERE f.kind = 'thumbs') AS thumbs,
+        first(TRY_CAST(f.value ->> '$' AS DOUBLE) ORDER BY f.ts DESC, f.id DESC) FILTER (WHERE f.kind = 'rating') AS rating,
+        first(f.value ->> '$' ORDER BY f.ts DESC, f.id DESC) FILTER (WHERE f.kind = 'label') AS label
+    FROM feedback f SEMI JOIN sel ON f.interaction_id = sel.id
+    WHERE f.project = $project
+    GROUP BY f.interaction_id
+)
+SELECT sel.*, fb.correction, fb.thumbs, fb.rating, fb.label
+FROM sel LEFT JOIN fb USING (id)
+"""
+
+# Messages as {role, content} structs: `prompt` requests become one user turn, `developer` is a
+# system turn, content given as text parts is joined; anything else (tool calls, images) leaves
+# a NULL content and makes the row malformed for SFT.
+_MESSAGES = """
+list_transform(raw, lambda m: {
+    'role': CASE m ->> '$.role' WHEN 'developer' THEN 'system' ELSE m ->> '$.role' END,
+    'content': CASE json_type(m, '$.content')
+        WHEN 'VARCHAR' THEN m ->> '$.content'
+        WHEN 'ARRAY' THEN CASE WHEN list_bool_and(list_transform(CAST(m -> '$.content' AS JSON[]),
+                lambda q: coalesce(json_type(q, '$.text') = 'VARCHAR', false)))
+            THEN array_to_string(list_transform(CAST(m -> '$.content' AS JSON[]), lambda q: q ->> '$.text'), '') END
+    END})
+"""
+_PROMPT_TEXT = "array_to_string(list_transform(prompt, lambda m: m.content), chr(10))"
+_USER_TEXT = "array_to_string(list_transform(list_filter(prompt, lambda m: m.role <> 'system'), lambda m: m.content), chr(10))"
+# Normalised words: case, punctuation and whitespace runs do not make two examples different.
+_PUNCT = ".,;:!?\"'()[]{}<>\n\r\t"
+# (A chain of `replace` is ~6x faster than one `translate` or a regex split in DuckDB 2.0.)
+_NORMALISED = f"lower({_USER_TEXT} || chr(10) || target)"
+for _ch in _PUNCT:
+    _NORMALISED = f"replace({_NORMALISED}, chr({ord(_ch)}), ' ')"
+_WORDS = f"list_filter(string_split({_NORMALISED}, ' '), lambda w: w <> '')"
+
+STAGES = ("failed_call", "negative_feedback", "unlabelled", "malformed", "empty", "oversized",
+          "rule_exclude", "rule_include", "exact_duplicate", "pii", "near_duplicate")  # fmt: skip
+
+
+def _naive_utc(ts: datetime | None) -> datetime | None:
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts is not None and ts.tzinfo else ts
+
+
+def _rule(column: str, patterns: list[str], params: dict, name: str) -> str | None:
+    if not patterns:
+        return None
+    params[name] = "|".join(f"(?:{p})" for p in patterns)
+    return f"regexp_matches({column}, ${name})"
+
+
+def _select(settings: Settings, project: str, task: str, since, until) -> pa.Table:
+    params = {"project": project, "task": task, "since": since, "until": until}
+    if not Path(settings.db_path).exists():
+        raise CurationError(f"no Flywheel database at {settings.db_path}: nothing to curate")
+    with store.connect(settings.db_path, read_only=True) as con:
+        table = con.sql(SELECT_SQL, params=params).to_arrow_table()
+        if table.num_rows == 0:
+            known = [t for (t,) in con.execute(
+                "SELECT DISTINCT task FROM interactions WHERE project = ? ORDER BY task", [project]).fetchall()]
+    if table.num_rows == 0:
+        if task not in known:
+            raise CurationError(f"unknown task {task!r} in project {project!r}; known tasks: {', '.join(known) or 'none'}")
+        raise CurationError(f"no interactions of task {task!r} between {since or 'the start'} and {until or 'now'}")
+    return table
+
+
+def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig) -> None:
+    """Table `rows`: one row per selected interaction with its target, flags and the first stage
+    that drops it (`dropped`, NULL while it survives)."""
+    params: dict[str, Any] = {"good": cfg.good_rating, "bad": cfg.bad_rating, "keep": cfg.keep_unlabelled,
+                              "cpt": cfg.chars_per_token, "max_tokens": cfg.max_tokens}  # fmt: skip
+    exclude = [r for r in (_rule(_PROMPT_TEXT, cfg.prompt_exclude, params, "pex"),
+                           _rule("target", cfg.response_exclude, params, "rex")) if r]  # fmt: skip
+    include = [r for r in (_rule(_PROMPT_TEXT, cfg.prompt_include, params, "pin"),
+                           _rule("target", cfg.response_include, params, "rin")) if r]  # fmt: skip
+    con.register("sel", sel)
+    con.execute(f"""
+    CREATE TABLE rows AS
+    WITH b AS (
+        SELECT (row_number() OVER (ORDER BY id) - 1)::BIGINT AS rid, *,
+            CASE WHEN json_type(request, '$.messages') = 'ARRAY' THEN CAST(request -> '$.messages' AS JSON[])
+                 WHEN json_type(request, '$.prompt') = 'VARCHAR'
+                 THEN [json_object('role', 'user', 'content', request ->> '$.prompt')] END AS raw
+        FROM sel
+    ), p AS (
+        SELECT * EXCLUDE (raw, request), {_MESSAGES} AS prompt,
+            coalesce(trim(correction, ' ' || chr(9) || chr(10) || chr(13)) <> '', false) AS corrected,
+            CASE WHEN thumbs = false OR rating <= $bad THEN 'bad'
+                 WHEN thumbs OR rating >= $good THEN 'good' END AS verdict
+        FROM b
+    ), t AS (
+        SELECT *,
+            CASE WHEN corrected THEN correction ELSE response END AS target,
+            CASE WHEN corrected THEN 2 WHEN verdict = 'good' THEN 1 ELSE 0 END AS quality,
+            prompt IS NULL OR len(prompt) = 0 OR prompt[-1].role IS DISTINCT FROM 'user'
+              OR NOT coalesce(list_bool_and(list_transform(prompt, lambda m: coalesce(
+                     m.role IN ('system', 'user', 'assistant') AND m.content IS NOT NULL, false))), false) AS malformed
+        FROM p
+    )
+    SELECT *,
+        NOT malformed AND trim(prompt[-1].content, ' ' || chr(9) || chr(10) || chr(13)) = '' AS empty_prompt,
+        CASE WHEN malformed THEN NULL ELSE hash(lower({_USER_TEXT})) END AS pkey,
+        CASE
+            WHEN status <> 'ok' THEN 'failed_call'
+            WHEN NOT corrected AND verdict = 'bad' THEN 'negative_feedback'
+            WHEN NOT corrected AND verdict IS NULL AND NOT $keep THEN 'unlabelled'
+            WHEN malformed THEN 'malformed'
+            WHEN trim(prompt[-1].content, ' ' || chr(9) || chr(10) || chr(13)) = '' OR trim(target, ' ' || chr(9) || chr(10) || chr(13)) = '' THEN 'empty'
+            WHEN ceil((length({_PROMPT_TEXT}) + length(target)) / $cpt) > $max_tokens THEN 'oversized'
+            WHEN {' OR '.join(exclude) or 'false'} THEN 'rule_exclude'
+            WHEN NOT ({' AND '.join(include) or 'true'}) THEN 'rule_include'
+        END AS dropped,
+        NULL::BIGINT AS grp, false AS has_pii, NULL::VARCHAR AS split
+    FROM t
+    """, params)  # fmt: skip
+    con.unregister("sel")
+
+
+def _drop(con, rids: np.ndarray | pa.Array, reason: str) -> None:
+    con.register("_d", pa.table({"rid": pa.array(rids, pa.int64())}))
+    con.execute("UPDATE rows SET dropped = $r FROM _d WHERE rows.rid = _d.rid", {"r": reason})
+    con.unregister("_d")
+
+
+def _exact_dedup(con) -> None:
+    # The best-labelled member of each group stays: correction > good feedback > none, then a
+    # label, then the newest; the id breaks ties so the choice is the same on every run.
+    # (MATERIALIZED: else DuckDB tokenises inside the window's sort, 2.5x slower.)
+    losers = con.sql(f"""
+        WITH k AS MATERIALIZED (
+            SELECT rid, hash({_WORDS}) AS key, quality, label, ts, id FROM rows WHERE dropped IS NULL)
+        SELECT rid FROM (
+            SELECT rid, row_number() OVER (PARTITION BY key ORDER BY quality DESC, label IS NULL, ts DESC, id) AS n
+            FROM k)
+        WHERE n > 1""").to_arrow_table()  # fmt: skip
+    _drop(con, losers.column("rid"), "exact_duplicate")
+
+
+def _pii_check(con, kinds: list[str] | None, chunk: int = 256) -> None:
+    """Flag records (prompt, response, correction) that still contain PII: SFT survivors and
+    preference-pair candidates. One `contains_pii` call scans a chunk of records joined; only a
+    chunk that hits is re-scanned record by record, so clean traffic costs one pass over its text."""
+    from flywheel.pii import contains_pii
+
+    kinds_set = frozenset(kinds) if kinds else None
+    table = con.sql(f"""
+        SELECT rid, {_PROMPT_TEXT} || chr(10) || response || chr(10) || coalesce(correction, '') AS text
+        FROM rows
+        WHERE dropped IS NULL OR (status = 'ok' AND NOT malformed AND (corrected OR verdict IS NOT NULL))
+        ORDER BY rid""").to_arrow_table()  # fmt: skip
+    rids = table.column("rid").to_numpy()
+    texts = table.column("text").to_pylist()
+    hits = []
+    for start in range(0, len(texts), chunk):
+        block = texts[start : start + chunk]
+        if contains_pii("\n\n".join(block), kinds_set):
+            hits.extend(start + i for i, text in enumerate(block) if contains_pii(text, kinds_set))
+    if hits:
+        con.register("_p", pa.table({"rid": pa.array(rids[hits], pa.int64())}))
+        con.execute("UPDATE rows SET has_pii = true FROM _p WHERE rows.rid = _p.rid")
+        con.execute("UPDATE rows SET dropped = 'pii' WHERE has_pii AND dropped IS NULL")
+        con.unregister("_p")
+
+
+def _near_dedup(con, cfg: CurationConfig) -> None:
+    from flywheel.dedup import near_duplicate_groups
+
+    rids = con.sql("SELECT rid FROM rows WHERE dropped IS NULL ORDER BY rid").fetchnumpy()["rid"]
+    reader = con.sql(f"""
+        SELECT list_transform({_WORDS}, lambda w: hash(w)) AS h
+        FROM rows WHERE dropped IS NULL ORDER BY rid""").to_arrow_reader(batch_size=50_000)  # fmt: skip
+
+    def batches():
+        pos = 0
+        for batch in reader:
+            yield np.arange(pos, pos + batch.num_rows), batch.column(0)
+            pos += batch.num_rows
+
+    groups = near_duplicate_groups(batches(), len(rids), threshold=cfg.near_dup_threshold,
+                                   shingle_size=cfg.shingle_size, num_perm=cfg.num_perm, seed=cfg.seed)  # fmt: skip
+    con.register("_g", pa.table({"rid": rids, "grp": rids[groups]}))
+    con.execute("UPDATE rows SET grp = _g.grp FROM _g WHERE rows.rid = _g.rid")
+    con.unregister("_g")
+    if cfg.near_dup_drop:
+        losers = con.sql("""
+            SELECT rid FROM (
+                SELECT rid, row_number() OVER (PARTITION BY grp ORDER BY quality DESC, label IS NULL, ts DESC, id) AS n
+                FROM rows WHERE dropped IS NULL)
+            WHERE n > 1""").to_arrow_table()  # fmt: skip
+        _drop(con, losers.column("rid"), "near_duplicate")
+
+
+def _counts(con) -> dict[str, int]:
+    by_stage = dict(con.execute("SELECT coalesce(dropped, 'kept'), count(*) FROM rows GROUP BY ALL").fetchall())
+    counts = {"selected": sum(by_stage.values())}
+    counts.update({stage: by_stage.get(stage, 0) for stage in STAGES})
+    counts["kept"] = by_stage.get("kept", 0)
+    return counts
+
+
+def curate(settings: Settings, *, project: str = "default", task: str, config: CurationConfig | None = None,
+           since: datetime | None = None, until: datetime | None = None) -> DatasetVersion:
+    """Curate the interactions of `task` (in `project`, `since` <= ts < `until`, UTC) into a
+    dataset version under `settings.home / "datasets" / task / <id>` and register it.
+
+    Same data and same config → same id, and nothing is written (`created=False`).
+    Raises `CurationError` for an unknown task, an empty selection or too few examples.
+    """
+    from flywheel.curation_output import content_id, register, version_exists, write_version
+    from flywheel.split import preference_pairs, split
+
+    cfg = config or CurationConfig()
+    since, until = _naive_utc(since), _naive_utc(until)
+    sel = _select(settings, project, task, since, until)
+
+    con = duckdb.connect()  # in memory: the store is closed while we work
+    try:
+        _prepare(con, sel, cfg)
+        del sel
+        _exact_dedup(con)
+        if cfg.pii_check:
+            _pii_check(con, cfg.pii_kinds)
+        _near_dedup(con, cfg)
+        counts = _counts(con)
+        if counts["kept"] < cfg.min_examples:
+            stages = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+            raise CurationError(f"only {counts['kept']} examples of task {task!r} survive curation, fewer than "
+                                f"min_examples={cfg.min_examples} ({stages})")  # fmt: skip
+        counts.update(split(con, cfg))
+        counts.update(preference_pairs(con, cfg.preference_pairs))
+        counts["corrections"] = con.execute("SELECT count(*) FROM rows WHERE dropped IS NULL AND corrected").fetchall()[0][0]
+
+        window = {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None}
+        record_config = {"curation": cfg.to_dict(), "project": project, "task": task, **window}
+        version_id = content_id(con, {"curation": cfg.to_dict(), "project": project, "task": task})
+        path = settings.home / "datasets" / task / version_id
+        existing = version_exists(settings, version_id)
+        if existing is not None:
+            return DatasetVersion(version_id, project, task, Path(existing["path"]), existing["counts"],
+                                  created=False, parent_id=existing["parent_id"])  # fmt: skip
+        write_version(con, path, version_id, project, task, counts)
+        created, parent_id = register(con, settings, version_id=version_id, project=project, task=task, path=path,
+                                      config=record_config, query=SELECT_SQL, counts=counts)  # fmt: skip
+    finally:
+        con.close()
+    return DatasetVersion(version_id, project, task, path, counts, created=created, parent_id=parent_id)
+

@@ -1,0 +1,165 @@
+"""A curated dataset version on disk and in the store: content id, files, report, registration.
+
+The id is a hash of the config and of every output row, so curating the same data with the same
+config twice gives the same id, and the second run writes nothing. Files are written to a
+temporary folder and renamed into place, then the `datasets` record and its lineage
+(`dataset_interactions`) are inserted in one transaction: a crash leaves either nothing
+registered or a complete version, never a record pointing at half a folder.
+
+Layout of `<home>/datasets/<task>/<id>/`:
+    sft/            DatasetDict(train, eval) with `messages` (chat, assistant target last)
+    preference/     DatasetDict(train) with `prompt`, `chosen`, `rejected` (when pairs exist)
+    parquet/        the same tables as Parquet: sft-train, sft-eval, preference-train
+    report.md       the counts at every stage
+    curation.json   id, project, task and counts, for readers without the database
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flywheel import store
+
+# The SFT rows as written: the hash, the files and the lineage all read this one view.
+_SFT_VIEW = """
+CREATE OR REPLACE TEMP VIEW sft AS
+SELECT split, id AS interaction_id,
+    list_append(prompt, {'role': 'assistant', 'content': target}) AS messages,
+    CASE WHEN corrected THEN 'correction' ELSE 'response' END AS target_source, label
+FROM rows WHERE dropped IS NULL
+"""
+_PAIRS = "SELECT prompt, chosen, rejected, chosen_id, rejected_id FROM pairs"
+
+STAGE_LABELS = {
+    "failed_call": "failed calls (status error)",
+    "negative_feedback": "negative feedback, no correction",
+    "unlabelled": "no good feedback (keep_unlabelled off)",
+    "malformed": "malformed messages",
+    "empty": "empty prompt or target",
+    "oversized": "over max_tokens",
+    "rule_exclude": "regex exclude rules",
+    "rule_include": "regex include rules not matched",
+    "exact_duplicate": "exact duplicates",
+    "pii": "PII after redaction",
+    "near_duplicate": "near duplicates (MinHash)",
+}
+
+
+def content_id(con, header: dict[str, Any]) -> str:
+    """`ds-` + 16 hex of sha256(config, md5 of every SFT row, md5 of every preference pair)."""
+    con.execute(_SFT_VIEW)
+    sft = con.execute("SELECT md5(string_agg(md5(to_json(s)), '' ORDER BY split, interaction_id)) FROM sft s").fetchall()[0][0]
+    pref = con.execute(f"SELECT md5(string_agg(md5(to_json(p)), '' ORDER BY chosen_id, rejected_id)) FROM ({_PAIRS}) p").fetchall()[0][0]
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(f"|{sft}|{pref}".encode())
+    return "ds-" + digest.hexdigest()[:16]
+
+
+def version_exists(settings, version_id: str) -> dict[str, Any] | None:
+    """The registered record of `version_id`, or None."""
+    with store.connect(settings.db_path, read_only=True) as db:
+        rows = db.execute("SELECT path, counts, parent_id FROM datasets WHERE id = ?", [version_id]).fetchall()
+    if not rows:
+        return None
+    row = rows[0]
+    return {"path": row[0], "counts": json.loads(row[1]), "parent_id": row[2]}
+
+
+def report_markdown(version_id: str, project: str, task: str, counts: dict[str, int], parent_id: str | None) -> str:
+    """The curation report: a Markdown table of the rows dropped and remaining at every stage."""
+    lines = [f"# Curation report: `{task}`", "",
+             f"Project `{project}` · version `{version_id}` · parent `{parent_id or 'none'}`", "",
+             "| stage | dropped | remaining |", "|---|---:|---:|",
+             f"| selected interactions | | {counts['selected']:,} |"]  # fmt: skip
+    remaining = counts["selected"]
+    for stage, label in STAGE_LABELS.items():
+        dropped = counts.get(stage, 0)
+        remaining -= dropped
+        lines.append(f"| {label} | {dropped:,} | {remaining:,} |")
+    lines += [f"| **kept for SFT** | | **{counts['kept']:,}** |", "",
+              "| split | examples |", "|---|---:|",
+              f"| train | {counts.get('train', 0):,} |", f"| eval | {counts.get('eval', 0):,} |", "",
+              f"Split units (sessions / dedup groups / prompts, never across sides): {counts.get('split_units', 0):,}. "
+              f"Targets taken from corrections: {counts.get('corrections', 0):,}.", "",
+              f"Preference pairs: {counts.get('preference_pairs', 0):,} "
+              f"(dropped: {counts.get('preference_eval_overlap', 0):,} with an eval prompt; "
+              f"{counts.get('preference_pii', 0):,} candidate records held PII).", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _nonempty(table):
+    import pyarrow as pa
+
+    if table.num_rows or table.to_batches():
+        return table
+    return pa.Table.from_batches([pa.RecordBatch.from_pylist([], schema=table.schema)])
+
+
+def write_version(con, path: Path, version_id: str, project: str, task: str, counts: dict[str, int]) -> None:
+    """Write the version's files to a temporary folder and rename it to `path`."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    (tmp / "parquet").mkdir(parents=True)
+    try:
+        sft = {}
+        for split in ("train", "eval"):
+            table = con.sql("SELECT * EXCLUDE (split) FROM sft WHERE split = $s ORDER BY interaction_id",
+                            params={"s": split}).to_arrow_table()  # fmt: skip
+            pq.write_table(table, tmp / "parquet" / f"sft-{split}.parquet")
+            sft[split] = datasets.Dataset(_nonempty(table))
+        # An empty split saved with zero shards cannot be loaded back (datasets 5): give it one.
+        shards = {split: 1 for split, ds in sft.items() if ds.num_rows == 0}
+        datasets.DatasetDict(sft).save_to_disk(str(tmp / "sft"), num_shards=shards or None)
+        if counts.get("preference_pairs", 0):
+            pairs = con.sql(f"{_PAIRS} ORDER BY chosen_id, rejected_id").to_arrow_table()
+            pq.write_table(pairs, tmp / "parquet" / "preference-train.parquet")
+            datasets.DatasetDict({"train": datasets.Dataset(pairs)}).save_to_disk(str(tmp / "preference"))
+        (tmp / "report.md").write_text(report_markdown(version_id, project, task, counts, None))
+        manifest = {"id": version_id, "project": project, "task": task, "counts": counts}
+        (tmp / "curation.json").write_text(json.dumps(manifest, indent=2))
+        if path.exists():  # left by a run that crashed before registering: never a registered version
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def register(con, settings, *, version_id: str, project: str, task: str, path: Path, config: dict,
+             query: str, counts: dict[str, int]) -> tuple[bool, str | None]:
+    """Insert the `datasets` record and its lineage in one transaction; (created, parent id)."""
+    lineage = con.sql("""
+        SELECT $id AS dataset_id, $project AS project, interaction_id, split FROM sft
+        UNION ALL
+        SELECT DISTINCT $id, $project, unnest([chosen_id, rejected_id]), 'preference' FROM pairs
+    """, params={"id": version_id, "project": project}).to_arrow_table()  # fmt: skip
+    with store.connect(settings.db_path) as db:
+        db.execute("BEGIN")
+        try:
+            if db.execute("SELECT 1 FROM datasets WHERE id = ?", [version_id]).fetchall():
+                db.execute("ROLLBACK")  # a concurrent run registered the same content first
+                parent = db.execute("SELECT parent_id FROM datasets WHERE id = ?", [version_id]).fetchall()[0][0]
+                return False, parent
+            rows = db.execute("SELECT id FROM datasets WHERE project = ? AND task = ? ORDER BY created_at DESC, id DESC LIMIT 1",
+                              [project, task]).fetchall()  # fmt: skip
+            parent = rows[0][0] if rows else None
+            db.execute("INSERT INTO datasets (id, project, task, path, config, query, counts, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       [version_id, project, task, str(path.resolve()), json.dumps(config), query.strip(), json.dumps(counts), parent])  # fmt: skip
+            db.register("_lineage", lineage)
+            db.execute("INSERT INTO dataset_interactions (dataset_id, project, interaction_id, split) "
+                       "SELECT dataset_id, project, interaction_id, split FROM _lineage")  # fmt: skip
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    # The report on disk was written before the parent was known; keep it in step with the record.
+    (path / "report.md").write_text(report_markdown(version_id, project, task, counts, parent))
+    return True, parent

@@ -1,0 +1,65 @@
+"""The `curate` Prefect flow: a thin wrapper around `flywheel.curate.curate`.
+
+The flow adds what Prefect is for: a visible run per curation, retries where I/O can fail
+(the store may stay locked by the ingestion server for longer than one open's timeout, a disk
+may be briefly full), and the curation report published as a Markdown artifact. Bad input
+(`CurationError`: unknown task, empty selection, too few examples) is never retried: trying
+again cannot fix it, so the run fails at once with the reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from flywheel.curate import CurationConfig, CurationError, curate
+from flywheel.settings import load_settings
+
+
+def _retry_io(task, task_run, state) -> bool:
+    """Retry store and file-system failures, never a `CurationError`."""
+    try:
+        state.result()
+    except CurationError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="load-curation-config")
+def load_config(config: dict[str, Any] | None = None, config_path: str | None = None) -> CurationConfig:
+    """The config from a file (TOML/YAML/JSON) and/or a dict; dict keys override the file."""
+    base = CurationConfig.from_file(config_path).to_dict() if config_path else {}
+    return CurationConfig.from_dict({**base, **(config or {})})
+
+
+@task(name="curate-dataset", retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=_retry_io)
+def curate_dataset(data_dir: str | None, project: str, task: str, config: CurationConfig,
+                   since: datetime | None, until: datetime | None) -> dict[str, Any]:
+    version = curate(load_settings(data_dir), project=project, task=task, config=config, since=since, until=until)
+    return {"id": version.id, "path": str(version.path), "counts": version.counts, "created": version.created,
+            "parent_id": version.parent_id, "report": version.report}  # fmt: skip
+
+
+@task(name="publish-curation-report", retries=2, retry_delay_seconds=2)
+def publish_report(task: str, version: dict[str, Any]) -> None:
+    # Artifact keys allow lowercase letters, digits and dashes only.
+    key = "curation-" + "".join(c if c.isalnum() else "-" for c in task.lower())
+    create_markdown_artifact(markdown=version["report"], key=key,
+                             description=f"Curation of {task}: dataset version {version['id']}")  # fmt: skip
+
+
+@flow(name="curate")
+def curate_flow(task: str, project: str = "default", data_dir: str | None = None,
+                config: dict[str, Any] | None = None, config_path: str | None = None,
+                since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
+    """Curate one task's traffic into a dataset version and publish its report."""
+    cfg = load_config(config, config_path)
+    version = curate_dataset(str(Path(data_dir)) if data_dir else None, project, task, cfg, since, until)
+    publish_report(task, version)
+    return version
