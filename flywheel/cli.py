@@ -4,6 +4,7 @@ FastAPI, uvicorn and the other packages are imported inside the commands that ne
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -140,6 +141,32 @@ def status(data_dir: DataDir = None, task: Annotated[str | None, typer.Option(he
     for row in rows:
         table.add_row(*(str(v) for v in row))
     Console(width=max(120, Console().width)).print(table)
+
+
+Project = Annotated[str, typer.Option(help="The project whose traffic to use.")]
+Task = Annotated[str, typer.Option("--task", help="The task (product feature), e.g. support-triage.")]
+
+
+@app.command()
+def curate(task: Task, data_dir: DataDir = None, project: Project = "default",
+           config: Annotated[Path | None, typer.Option(help="Curation config (TOML/YAML/JSON).", exists=True,
+                                                       dir_okay=False)] = None,
+           since: Annotated[datetime | None, typer.Option(help="Only interactions from this time (UTC).")] = None,
+           until: Annotated[datetime | None, typer.Option(help="Only interactions before this time (UTC).")] = None,
+           ) -> None:  # fmt: skip
+    """Curate the task's traffic and feedback into a versioned dataset (train / eval splits)."""
+    from flywheel.curate import CurationConfig, CurationError, curate as run
+
+    settings = _settings(data_dir)
+    try:
+        cfg = CurationConfig.from_file(config) if config else None
+        version = run(settings, project=project, task=task, config=cfg, since=since, until=until)
+    except CurationError as exc:
+        fail(str(exc), 2)
+    except store.StoreBusy as exc:
+        fail(str(exc))
+    typer.echo(version.report)
+    typer.echo(f"dataset {version.id} {'written to' if version.created else 'already at'} {version.path}")
 
 
 @app.command()

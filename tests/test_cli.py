@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import msgspec
+
 from flywheel import store
 from flywheel.keys import active_keys, hash_key
 from flywheel.settings import load_settings
@@ -46,3 +48,27 @@ def test_status_and_usage_errors(tmp_path):
     assert flywheel("serve", "--port", "99999999").returncode == 2
     for command in ("init", "keys", "serve", "status"):
         assert flywheel(command, "--help").returncode == 0
+
+
+def test_curate_command(tmp_path):
+    from flywheel.interactions import write_feedback, write_interactions
+    from flywheel.records import Limits, feedback_row, interaction_row
+    from flywheel.simulate import TASK, traffic
+
+    assert flywheel("init", "--data-dir", str(tmp_path), "--project", "shop").returncode == 0
+    items, feedback = traffic(200, seed=3)
+    limits = Limits(10_000, 10)
+    with store.connect(load_settings(tmp_path).db_path) as con:
+        write_interactions(con, [interaction_row(msgspec.json.encode(i), project="shop", redact=True, limits=limits)
+                                 for i in items])  # fmt: skip
+        write_feedback(con, [feedback_row(msgspec.json.encode(f), project="shop", redact=True, limits=limits)
+                             for f in feedback])  # fmt: skip
+    out = flywheel("curate", "--task", TASK, "--project", "shop", "--data-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "dataset" in out.stdout and "written to" in out.stdout
+    again = flywheel("curate", "--task", TASK, "--project", "shop", "--data-dir", str(tmp_path))
+    assert again.returncode == 0 and "already at" in again.stdout
+    unknown = flywheel("curate", "--task", "nope", "--project", "shop", "--data-dir", str(tmp_path))
+    assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
+    status = flywheel("status", "--data-dir", str(tmp_path))
+    assert TASK in status.stdout and "200" in status.stdout
