@@ -1,0 +1,214 @@
+"""Deterministic corpora for PII redaction: planted values in support-chat text, and clean text.
+
+Shared by tests/test_pii.py (recall and false-positive thresholds) and bench/pii.py (figures).
+`planted_corpus` returns (sentence, kind, value) triples: the value must vanish and `<KIND>` appear.
+`clean_corpus` returns sentences full of things that look numeric or technical but are not PII.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import string
+import uuid
+
+B62 = string.ascii_letters + string.digits
+FIRST = "anna ben carla dmitri elif farah george hana ivan julia kofi lena marco nadia oscar priya".split()
+LAST = "smith mueller garcia nowak rossi dubois kim okafor jensen silva tanaka novak ahmed brown".split()
+DOMAINS = ["example.com", "gmail.com", "acme-corp.io", "mail.company.co.uk", "uni-berlin.de", "shop.example.org"]
+
+# fmt: off
+PLANT = [
+    "Hi, you can reach me at {v} if anything changes with order #48213.",
+    "Please update my details to {v} — I was charged $49.99 twice on 2024-05-01.",
+    "Customer wrote: \"{v}\" in the notes field at 12:30:45 yesterday.",
+    "Can you confirm ({v}) before Friday? Ticket 88213, priority 2.",
+    "{v} was used for the refund of €1,299.00 on 03/05/2024.",
+    "My details: {v}; app version 3.11.7 on Android 14.",
+    "log line: user={v} status=200 latency=131ms region=eu-west-1",
+    '{{"customer": "{v}", "items": 3, "total": 129.5}}',
+    "Thanks!\nSent from my phone\n{v}\n",
+    "I tried again at 9:05 am with {v}, still error 502.",
+]
+CLEAN = [
+    "Your order #{o} ships on {d} and should arrive within {n} business days.",
+    "The total comes to ${p} including {pct}% VAT; the coupon SAVE{n}{n} takes off ${p2}.",
+    "We released version {ver} on {d} at {t}; please upgrade from {ver2}.",
+    "Ticket {o} was escalated at {t} and closed at {t2} on {d}.",
+    "Run `pip install flywheel=={ver}` and then `python -m flywheel.cli --port {port}`.",
+    "See https://docs.example.com/v{n}/guides/setup?page={n}&lang=en#section-{n} for details.",
+    "The request id is {uuid}; include it when you contact support.",
+    "Commit {sha} fixed the crash in `parse_config()` on line {n}{n}.",
+    "In Python, `arr[::{n}]` and `arr[1::2]` take every other element; std::vector works like a list.",
+    "Meeting moved to {d2} {t} (CET), dial-in code {n}{n}{n}.",
+    "The invoice INV-{year}-{o} covers {n} seats at €{p} each, billed {d}.",
+    "Between {year} and {year2} the user base grew from {big} to {big2} accounts.",
+    "Set max_position_embeddings_v2_config to {n}{n}{n}{n} and batch_size to {n}{n}.",
+    "Screen resolution 1920x1080 at {n}{n} Hz, ratio 16:9, brightness {pct}%.",
+    "Error 0x80070005 occurred {n} times between {t} and {t2}, see the log at /var/log/app/{n}.log.",
+    "The parcel weighs {p} kg and measures {n}{n} x {n}{n} x {n} cm; tracking 1Z{n}{n}{n}AA{n}{n}{n}{n}{n}.",
+    "Our office is at {n}{n} Market Street, Suite {n}{n}{n}, San Francisco, CA 94105.",
+    "Interest of {pct}% on a balance of ${big}.{n}{n} gives ${p} per month.",
+    "Build {o}.{n} passed {n}{n}{n} of {n}{n}{n} tests in {p} s on Chrome 124.0.6367.{n}{n}.",
+    "Timestamp {ts} corresponds to {d}T{t}Z in ISO 8601.",
+    "Your ZIP code 90210-{n}{n}{n}{n} is covered; ISBN 978-3-16-148410-0 is in stock.",
+    "The score was {n}-{n} after {n}{n} minutes; temperature dropped to -{n}.{n}°C.",
+    "Use the MAC filter 00:1A:2B:3C:4D:5E and the model llama-3-8b-instruct-q4_k_m-gguf-v2.",
+    "Decorate the handler with @dataclass and ping @{first} in the thread about build {o}.",
+    "Amazon order 112-{big7}-{big7} was refunded; your account number ends in {n}{n}{n}{n}.",
+    "The ratio is {n}:{n}, the window is 10:00-11:30, and the timer shows 01:{n}{n}:{n}{n}.",
+    "Windows build 10.0.19045.{o} and macOS {n}{n}.{n}.{n} are both supported.",
+    "The bearer of this voucher gets {pct}% off; the bearer instrument expired in {year}.",
+    "Call the function getUserAccountBalanceForRegion with region={n} and retry after {n}s.",
+    "Coordinates {lat}, {lon} are near the warehouse; drive {n}{n} km north.",
+]
+# fmt: on
+
+
+def _luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
+    body = prefix + "".join(rng.choice(string.digits) for _ in range(length - len(prefix) - 1))
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:  # these will be doubled once the check digit is appended
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return body + str((10 - total % 10) % 10)
+
+
+def _group(s: str, sizes: tuple[int, ...], sep: str) -> str:
+    out, i = [], 0
+    for n in sizes:
+        out.append(s[i : i + n])
+        i += n
+    out.append(s[i:])
+    return sep.join(part for part in out if part)
+
+
+def card(rng: random.Random) -> str:
+    prefix, length = rng.choice([("4", 16), ("4", 13), ("51", 16), ("55", 16), ("2221", 16), ("34", 15), ("37", 15),
+                                 ("6011", 16), ("65", 16), ("4", 19)])  # fmt: skip
+    digits = _luhn_complete(prefix, length, rng)
+    style = rng.randrange(3)
+    if style == 0 or length == 13:
+        return digits
+    sep = " " if style == 1 else "-"
+    return _group(digits, (4, 6, 5) if length == 15 else (4, 4, 4, 4, 3), sep)
+
+
+# country -> BBAN layout, pieces of <alphabet><length>: a = letters, n = digits, c = either
+IBAN_SPECS = {"DE": "n18", "GB": "a4 n14", "FR": "n10 c11 n2", "NL": "a4 n10", "ES": "n20", "IT": "a1 n10 c12",
+              "BE": "n12", "CH": "n5 c12", "AT": "n16", "PL": "n24"}  # fmt: skip
+POOLS = {"a": string.ascii_uppercase, "n": string.digits, "c": string.ascii_uppercase + string.digits}
+
+
+def iban(rng: random.Random, valid: bool = True) -> str:
+    cc = rng.choice(sorted(IBAN_SPECS))
+    bban = []
+    for piece in IBAN_SPECS[cc].split():
+        bban.append("".join(rng.choice(POOLS[piece[0]]) for _ in range(int(piece[1:]))))
+    bban = "".join(bban)
+    check = 98 - int("".join(str(int(c, 36)) for c in bban + cc + "00")) % 97
+    if not valid:
+        check = check % 97 + 1 if check < 97 else 2  # any other check digits fail mod-97
+    value = f"{cc}{check:02d}{bban}"
+    return value if rng.random() < 0.4 else _group(value, (4,) * 9, " ")
+
+
+def phone(rng: random.Random) -> str:
+    d = lambda n: "".join(rng.choice(string.digits) for _ in range(n))  # noqa: E731
+    area, exch = str(rng.randint(201, 989)), str(rng.randint(200, 999))
+    forms = [
+        f"({area}) {exch}-{d(4)}", f"{area}-{exch}-{d(4)}", f"{area}.{exch}.{d(4)}", f"{area} {exch} {d(4)}",
+        f"+1 {area} {exch} {d(4)}", f"+1-{area}-{exch}-{d(4)}", f"+1 ({area}) {exch}-{d(4)}", f"1-800-{exch}-{d(4)}",
+        f"+1{area}{exch}{d(4)}", f"+44 20 {d(4)} {d(4)}", f"+44 7{d(3)} {d(6)}", f"020 {d(4)} {d(4)}",
+        f"+44 (0)20 {d(4)} {d(4)}", f"+49 30 {d(7)}", f"+49 151 {d(8)}", f"030 {d(7)}", f"+49151{d(8)}",
+        f"0151 {d(8)}", f"+33 1 {d(2)} {d(2)} {d(2)} {d(2)}", f"06 {d(2)} {d(2)} {d(2)} {d(2)}",
+        f"+61 2 {d(4)} {d(4)}", f"+91 9{d(4)} {d(5)}", f"+81 3-{d(4)}-{d(4)}", f"+34 6{d(2)} {d(3)} {d(3)}",
+    ]  # fmt: skip
+    return rng.choice(forms)
+
+
+def ip(rng: random.Random) -> str:
+    h = lambda: f"{rng.randrange(0x100, 0x10000):x}"  # noqa: E731
+    forms = [
+        lambda: ".".join(str(rng.randint(1, 255)) for _ in range(4)),
+        lambda: f"192.168.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+        lambda: f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+        lambda: ":".join(f"{rng.randrange(0x10000):04x}" for _ in range(8)),
+        lambda: f"2001:db8::{h()}:{h()}",
+        lambda: f"fe80::{h()}:{h()}:{h()}:{h()}".upper(),
+        lambda: "::1",
+        lambda: f"2001:db8:{h()}::{rng.randint(1, 9)}",
+        lambda: f"::ffff:192.0.2.{rng.randint(1, 254)}",
+    ]
+    return rng.choice(forms)()
+
+
+def ssn(rng: random.Random) -> str:
+    area = rng.choice([a for a in range(1, 900) if a != 666])
+    return f"{area:03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"
+
+
+def email(rng: random.Random) -> str:
+    f, l, dom = rng.choice(FIRST), rng.choice(LAST), rng.choice(DOMAINS)
+    return rng.choice([f"{f}.{l}@{dom}", f"{f}{rng.randint(1, 99)}@{dom}", f"{f}_{l}+support@{dom}",
+                       f"{f.title()}.{l.title()}@{dom.upper()}", f"{f[0]}{l}@{dom}"])  # fmt: skip
+
+
+def _b64url(obj: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def secret(rng: random.Random) -> str:
+    s = lambda n, pool=B62: "".join(rng.choice(pool) for _ in range(n))  # noqa: E731
+    jwt = lambda: (f"{_b64url({'alg': 'HS256', 'typ': 'JWT'})}.{_b64url({'sub': s(8), 'iat': rng.randint(1, 2**31)})}"
+                   f".{s(43, B62 + '-_')}")  # fmt: skip
+    forms = [
+        lambda: f"sk-{s(48)}", lambda: f"sk-proj-{s(64, B62 + '-_')}", lambda: f"sk_live_{s(24)}",
+        lambda: f"sk_test_{s(24)}", lambda: f"pk_live_{s(24)}", lambda: f"ghp_{s(36)}", lambda: f"gho_{s(36)}",
+        lambda: f"ghs_{s(36)}", lambda: f"github_pat_{s(22)}_{s(59)}",
+        lambda: f"xoxb-{s(12, string.digits)}-{s(13, string.digits)}-{s(24)}",
+        lambda: f"xoxp-{s(12, string.digits)}-{s(24)}",
+        lambda: f"AKIA{s(16, string.ascii_uppercase + string.digits)}", lambda: f"AIza{s(35, B62 + '-_')}",
+        jwt, lambda: f"Bearer {s(40)}", lambda: f"Bearer {jwt()}", lambda: s(rng.randint(32, 64)),
+        lambda: s(40, "0123456789abcdef"), lambda: s(43, B62 + "-_"),
+        lambda: s(32, string.ascii_lowercase + string.digits),
+    ]  # fmt: skip
+    return rng.choice(forms)()
+
+
+GENERATORS = {"EMAIL": email, "PHONE": phone, "CARD": card, "IBAN": iban, "IP": ip, "SSN": ssn, "SECRET": secret}
+
+
+def planted_corpus(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """n sentences, each with one PII value: (sentence, kind, value), kinds in rotation."""
+    rng, out, kinds = random.Random(seed), [], sorted(GENERATORS)
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        value = GENERATORS[kind](rng)
+        out.append((rng.choice(PLANT).format(v=value), kind, value.removeprefix("Bearer ")))
+    return out
+
+
+def clean_corpus(n: int, seed: int = 0) -> list[str]:
+    """n support-chat sentences with prices, dates, times, versions, ids, code and URLs, but no PII."""
+    rng = random.Random(seed)
+
+    def fill() -> dict[str, str]:
+        r = rng.randint
+        return {
+            "o": str(r(1000, 999999)), "d": f"{r(2019, 2026)}-{r(1, 12):02d}-{r(1, 28):02d}", "n": str(r(1, 9)),
+            "p": f"{r(1, 999)}.{r(0, 99):02d}", "p2": f"{r(1, 50)}.{r(0, 99):02d}", "pct": str(r(1, 99)),
+            "ver": f"{r(0, 12)}.{r(0, 30)}.{r(0, 30)}", "ver2": f"v{r(0, 12)}.{r(0, 30)}.{r(0, 9)}-rc.{r(1, 5)}",
+            "t": f"{r(0, 23):02d}:{r(0, 59):02d}", "t2": f"{r(0, 23):02d}:{r(0, 59):02d}:{r(0, 59):02d}",
+            "port": str(r(1024, 65535)), "uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "sha": f"{rng.getrandbits(28):07x}", "d2": f"{r(1, 28):02d}.{r(1, 12):02d}.{r(2019, 2026)}",
+            "year": str(r(1990, 2015)), "year2": str(r(2016, 2026)), "big": f"{r(1, 999):,}",
+            "big2": f"{r(1000, 9999999):,}",
+            "big7": str(r(1000000, 9999999)), "ts": str(r(1_500_000_000, 1_800_000_000)), "first": rng.choice(FIRST),
+            "lat": f"{rng.uniform(-90, 90):.4f}", "lon": f"{rng.uniform(-180, 180):.4f}",
+        }  # fmt: skip
+
+    return [rng.choice(CLEAN).format(**fill()) for _ in range(n)]
