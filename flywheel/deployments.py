@@ -46,14 +46,46 @@ def assign(con: Connection, *, project: str, task: str, alias: str, model: str, 
             " ON CONFLICT DO UPDATE SET model = excluded.model, share = excluded.share, updated_at = now()",
             [project, task, alias, model, share],
         )
-        con.execute(
-            "INSERT INTO deployment_events (project, task, alias, action, model, previous_model, reason, evidence)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [project, task, alias, action, model, previous[0] if previous else None, reason,
-             orjson.dumps(evidence).decode() if evidence is not None else None],
-        )  # fmt: skip
+        _event(con, project, task, alias, action, model, previous[0] if previous else None, reason, evidence)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
     return Deployment(project, task, alias, model, share)
+
+
+def remove(con: Connection, *, project: str, task: str, alias: str, reason: str, evidence: dict | None = None) -> None:
+    """Take `alias` away (e.g. end a canary); recorded like every other change."""
+    con.execute("BEGIN")
+    try:
+        previous = con.execute("DELETE FROM deployments WHERE project = ? AND task = ? AND alias = ? RETURNING model",
+                               [project, task, alias]).fetchone()  # fmt: skip
+        _event(con, project, task, alias, "remove", None, previous[0] if previous else None, reason, evidence)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def record_decision(con: Connection, *, project: str, task: str, model: str, reason: str, evidence: dict | None) -> None:
+    """A candidate the gate refused: nothing moves, but the decision and its evidence are kept."""
+    _event(con, project, task, "production", "refuse", model, None, reason, evidence)
+
+
+def history(con: Connection, *, project: str, task: str) -> list[dict]:
+    """Every promotion, rollback, removal and refusal of a task, oldest first."""
+    result = con.execute(
+        "SELECT ts, alias, action, model, previous_model, reason, evidence FROM deployment_events"
+        " WHERE project = ? AND task = ? ORDER BY ts, rowid", [project, task])  # fmt: skip
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, row)) for row in result.fetchall()]
+
+
+def _event(con: Connection, project: str, task: str, alias: str, action: str, model: str | None,
+           previous: str | None, reason: str, evidence: dict | None) -> None:
+    con.execute(
+        "INSERT INTO deployment_events (project, task, alias, action, model, previous_model, reason, evidence)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [project, task, alias, action, model, previous, reason,
+         orjson.dumps(evidence, default=str).decode() if evidence is not None else None],
+    )  # fmt: skip

@@ -1,0 +1,111 @@
+"""The gate, atomic promotion, rollback and the canary rule, on a real DuckDB file."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from flywheel import store
+from flywheel.deployments import assign, deployments, history
+from flywheel.interactions import write_feedback, write_interactions
+from flywheel.promotion import (CanaryRule, Evidence, GateConfig, PromotionError, decide, promote, rollback,
+                                settle_canary)  # fmt: skip
+from flywheel.records import Limits, feedback_row, interaction_row
+from flywheel.settings import load_settings
+
+GOOD = Evidence("ready", True, {"quality": "better", "latency": "better", "cost": "better"},
+                latency_p95_ms=40, cost_per_1k_usd=0.02, incumbent_cost_per_1k_usd=2.1)  # fmt: skip
+
+
+def production(settings, task="t"):
+    with store.connect(settings.db_path) as con:
+        return {d.alias: d.model for d in deployments(con, "p") if d.task == task}.get("production")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    s = load_settings(tmp_path)
+    with store.connect(s.db_path) as con:
+        assign(con, project="p", task="t", alias="production", model="incumbent", reason="start")
+    return s
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"candidate_status": "failed"}, "training did not succeed"),
+    ({"verdicts": {"quality": "worse"}}, "quality verdict is 'worse'"),
+    ({"verdicts": {"quality": "not distinguishable"}, "cost_per_1k_usd": 1.9}, "quality verdict is 'not distinguishable'"),
+    ({"eval_complete": False}, "missing, failed or partial"),
+    ({"contamination": "12 examples"}, "overlaps the training data"),
+    ({"latency_p95_ms": 900}, "over the bound of 500"),
+])  # fmt: skip
+def test_the_gate_refuses_with_a_reason(change, reason):
+    evidence = Evidence(**{**GOOD.__dict__, **change})
+    decision = decide(evidence, GateConfig(max_latency_p95_ms=500))
+    assert not decision.promote and any(reason in r for r in decision.reasons)
+    assert decide(GOOD).promote
+    cheap_equal = Evidence(**{**GOOD.__dict__, "verdicts": {"quality": "not distinguishable"}})
+    assert decide(cheap_equal).promote  # same quality at 1% of the cost
+
+
+def test_a_refused_or_failed_candidate_is_never_promoted(settings):
+    loaded = []
+    worse = decide(Evidence(**{**GOOD.__dict__, "verdicts": {"quality": "worse"}}))
+    failed = decide(Evidence(**{**GOOD.__dict__, "candidate_status": "failed"}))
+    for decision in (worse, failed):
+        assert promote(settings, project="p", task="t", model="cand", path="/x", decision=decision,
+                       load=lambda n, p: loaded.append(n)) is None  # fmt: skip
+    assert loaded == [] and production(settings) == "incumbent"
+    with store.connect(settings.db_path) as con:
+        refusals = [e for e in history(con, project="p", task="t") if e["action"] == "refuse"]
+    assert len(refusals) == 2 and "quality verdict is 'worse'" in refusals[0]["reason"]
+    assert msgspec.json.decode(refusals[1]["evidence"])["candidate_status"] == "failed"
+
+
+def test_promotion_is_atomic_when_loading_fails(settings):
+    def broken(name, path):
+        raise OSError("no such adapter folder")
+
+    with pytest.raises(PromotionError, match="no such adapter folder"):
+        promote(settings, project="p", task="t", model="cand", path="/x", decision=decide(GOOD), load=broken)
+    assert production(settings) == "incumbent"
+
+
+def test_promote_then_roll_back(settings):
+    loaded = []
+    promote(settings, project="p", task="t", model="cand-1", path="/m1", decision=decide(GOOD),
+            load=lambda n, p: loaded.append((n, p)))  # fmt: skip
+    assert loaded == [("cand-1", "/m1")] and production(settings) == "cand-1"
+    rollback(settings, project="p", task="t")
+    assert production(settings) == "incumbent"
+    with store.connect(settings.db_path) as con:
+        actions = [(e["action"], e["model"]) for e in history(con, project="p", task="t")]
+    assert actions == [("promote", "incumbent"), ("promote", "cand-1"), ("rollback", "incumbent")]
+    with pytest.raises(PromotionError, match="no previous production"):
+        rollback(load_settings(settings.home / "other"), project="p", task="t")
+
+
+def _traffic(settings, model: str, n: int, up: int, start: int) -> None:
+    limits = Limits(1000, 10)
+    items = [{"id": f"{model}-{i}", "task": "t", "model": model, "prompt": "q", "response": "a"} for i in range(start, start + n)]
+    thumbs = [{"interaction_id": f"{model}-{i}", "kind": "thumbs", "value": i - start < up} for i in range(start, start + n)]
+    with store.connect(settings.db_path) as con:
+        write_interactions(con, [interaction_row(msgspec.json.encode(i), project="p", redact=False, limits=limits) for i in items])
+        write_feedback(con, [feedback_row(msgspec.json.encode(f), project="p", redact=False, limits=limits) for f in thumbs])
+
+
+def test_canary_is_rolled_back_or_promoted_by_live_feedback(settings):
+    with store.connect(settings.db_path) as con:
+        assign(con, project="p", task="t", alias="canary", model="cand", share=0.1, reason="canary")
+    rule = CanaryRule(min_feedback=20, max_drop=0.05)
+    _traffic(settings, "incumbent", 40, up=36, start=0)
+    _traffic(settings, "cand", 10, up=5, start=0)
+    assert settle_canary(settings, project="p", task="t", rule=rule) == "waiting"
+    _traffic(settings, "cand", 30, up=15, start=10)  # 50% thumbs up vs 90%
+    assert settle_canary(settings, project="p", task="t", rule=rule) == "rolled back"
+    assert production(settings) == "incumbent"
+    with store.connect(settings.db_path) as con:
+        assert not [d for d in deployments(con, "p") if d.alias == "canary"]
+        assign(con, project="p", task="t", alias="canary", model="good", share=0.1, reason="canary 2")
+    _traffic(settings, "good", 30, up=29, start=0)
+    assert settle_canary(settings, project="p", task="t", rule=rule) == "promoted"
+    assert production(settings) == "good"
