@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("flywheel.engine")
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -63,7 +64,8 @@ class Engine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
-        self.adapters: dict[str, str] = {}
+        self.adapters: dict[str, str] = {}  # every loaded name -> its folder
+        self.full_models: dict[str, object] = {}  # names among them that are whole models
         for name, adapter_path in (adapters or {}).items():
             self._load(name, adapter_path)
         self._requests: queue.Queue[Generation] = queue.Queue()
@@ -104,11 +106,21 @@ class Engine:
     # --- the engine thread -------------------------------------------------------------------
 
     def _load(self, name: str, path: str) -> None:
+        """A folder with `adapter_config.json` is a LoRA adapter on our base; any other folder is a
+        whole small model (e.g. a fully fine-tuned tiny student), served side by side."""
         from peft import PeftModel
+        from transformers import AutoModelForCausalLM
 
         if name in self.adapters:
             raise ValueError(f"lora_name: adapter {name!r} is already loaded")
-        if isinstance(self.model, PeftModel):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"{path} is not a folder on the serving machine")
+        if not (Path(path) / "adapter_config.json").exists():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype).to(self.device).eval()
+            if model.config.vocab_size != self.model.config.vocab_size:
+                raise ValueError(f"{path} has another vocabulary than the route's base model")
+            self.full_models[name] = model
+        elif isinstance(self.model, PeftModel):
             self.model.load_adapter(path, adapter_name=name)
         else:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
@@ -117,7 +129,8 @@ class Engine:
     def _unload(self, name: str) -> None:
         if name not in self.adapters:
             raise KeyError(f"lora_name: no adapter {name!r} is loaded")
-        self.model.delete_adapter(name)
+        if self.full_models.pop(name, None) is None:
+            self.model.delete_adapter(name)
         del self.adapters[name]
 
     def _run_admin(self) -> None:
@@ -151,15 +164,23 @@ class Engine:
             self._run_admin()
             if not batch:
                 continue
-            try:
-                self._generate(batch)
-            except Exception as exc:  # fail this batch's requests, keep serving
-                log.exception("generation failed")
-                for gen in batch:
-                    gen.emit("", {"finish_reason": "error", "error": str(exc), "prompt_tokens": len(gen.prompt_ids),
-                                  "completion_tokens": 0})  # fmt: skip
+            groups: dict[str | None, list[Generation]] = {}  # a whole model batches only with itself
+            for gen in batch:
+                if gen.adapter is not None and gen.adapter not in self.adapters:
+                    gen.emit("", {"finish_reason": "error", "error": f"model {gen.adapter!r} was unloaded",
+                                  "prompt_tokens": len(gen.prompt_ids), "completion_tokens": 0})  # fmt: skip
+                    continue
+                groups.setdefault(gen.adapter if gen.adapter in self.full_models else None, []).append(gen)
+            for name, group in groups.items():
+                try:
+                    self._generate(group, self.full_models[name] if name else self.model)
+                except Exception as exc:  # fail this group's requests, keep serving
+                    log.exception("generation failed")
+                    for gen in group:
+                        gen.emit("", {"finish_reason": "error", "error": str(exc), "prompt_tokens": len(gen.prompt_ids),
+                                      "completion_tokens": 0})  # fmt: skip
 
-    def _generate(self, batch: list[Generation]) -> None:
+    def _generate(self, batch: list[Generation], model) -> None:
         import torch
         from peft import PeftModel
 
@@ -176,12 +197,12 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         extra = {}
-        if isinstance(self.model, PeftModel):
+        if isinstance(model, PeftModel):
             extra["adapter_names"] = [g.adapter or BASE for g in batch]
         past = None
         with torch.inference_mode():
             while rows:
-                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
                                  use_cache=True, **extra)  # fmt: skip
                 past = out.past_key_values
                 logits = out.logits[:, -1, :].float()

@@ -206,6 +206,10 @@ def test_adapters_load_and_unload_at_runtime(client, servers, models):
     assert r.status_code == 200, r.text
     direct = openai.OpenAI(base_url=f"{up.url}/v1", api_key=up.key, max_retries=0)
     assert ask(client, "ada-3").choices[0].message.content == ask(direct, "ada-3").choices[0].message.content
+    # a whole model folder (e.g. a fully fine-tuned student) is served beside the base
+    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "full-1", "lora_path": models["base"], "route": "tiny"})
+    assert r.status_code == 200, r.text
+    assert ask(client, "full-1").choices[0].message.content == ask(client, "tiny").choices[0].message.content
     bad = admin.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/nope", "route": "tiny"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "lora_path"
     assert admin.post("/v1/load_lora_adapter", json={"lora_name": "x"}).status_code == 400
