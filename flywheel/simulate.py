@@ -40,14 +40,34 @@ class Incumbent:
     usd_per_call: float = 0.0021
 
 
-def ticket(rng: random.Random) -> tuple[str, str]:
-    """(ticket text, true queue)."""
+def ticket(rng: random.Random, number: int) -> tuple[str, str]:
+    """(ticket text, true queue); `number` makes every ticket's text unique, as real tickets are."""
     queue = rng.choice(list(QUEUES))
     text = rng.choice(QUEUES[queue]).format(
         plan=rng.choice(PLANS), month=rng.choice(MONTHS), day=rng.randint(1, 28), order=f"#{rng.randint(10000, 99999)}"
     )
     contact = rng.choice(CONTACTS).format(name=rng.choice(["ana", "li.wei", "sam"]), four=rng.randint(1000, 9999))
-    return (f"{text}. {contact}".strip() if contact else text), queue
+    return f"Ticket T{number}: {text}." + (f" {contact}" if contact else ""), queue
+
+
+def true_queue(text: str) -> str | None:
+    """The queue a ticket of ours belongs to (what a perfect router answers)."""
+    for queue, templates in QUEUES.items():
+        for template in templates:
+            if template.split("{")[0] and template.split("{")[0] in text:
+                return queue
+    return None
+
+
+def golden(n: int, *, seed: int = 10_000) -> list[dict]:
+    """A hand-labelled benchmark set (simulated: labelled by the simulator's ground truth)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        text, queue = ticket(rng, 900_000 + i)
+        rows.append({"id": f"golden-{i}", "messages": [{"role": "system", "content": SYSTEM},
+                     {"role": "user", "content": text}, {"role": "assistant", "content": queue}]})  # fmt: skip
+    return rows
 
 
 def traffic(n: int, *, seed: int = 0, incumbent: Incumbent = Incumbent(), start: int = 0) -> tuple[list[dict], list[dict]]:
@@ -55,7 +75,7 @@ def traffic(n: int, *, seed: int = 0, incumbent: Incumbent = Incumbent(), start:
     rng = random.Random(seed)
     interactions, feedback = [], []
     for i in range(start, start + n):
-        text, truth = ticket(rng)
+        text, truth = ticket(rng, seed * 100_000 + i)
         wrong = rng.random() < incumbent.error_rate
         answer = rng.choice([q for q in QUEUES if q != truth]) if wrong else truth
         iid = f"sim-{seed}-{i}"
@@ -67,9 +87,18 @@ def traffic(n: int, *, seed: int = 0, incumbent: Incumbent = Incumbent(), start:
             "user_id": f"user-{rng.randint(1, 400)}", "session_id": f"session-{i // 3}",
             "metadata": {"simulated": True, "true_queue": truth},
         })  # fmt: skip
-        roll = rng.random()
-        if wrong and roll < 0.5:
-            feedback.append({"interaction_id": iid, "kind": "correction", "value": truth, "comment": "agent re-routed"})
-        elif roll < 0.3:
-            feedback.append({"interaction_id": iid, "kind": "thumbs", "value": not wrong})
+        item = user_feedback(rng, iid, truth, answer)
+        if item:
+            feedback.append(item)
     return interactions, feedback
+
+
+def user_feedback(rng: random.Random, interaction_id: str, truth: str, answer: str) -> dict | None:
+    """What a simulated user or agent says about one answer: half of the wrong routes get
+    corrected by an agent; 30% of the rest get a thumb."""
+    roll = rng.random()
+    if answer.strip() != truth and roll < 0.5:
+        return {"interaction_id": interaction_id, "kind": "correction", "value": truth, "comment": "agent re-routed"}
+    if roll < 0.3:
+        return {"interaction_id": interaction_id, "kind": "thumbs", "value": answer.strip() == truth}
+    return None

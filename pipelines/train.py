@@ -1,0 +1,99 @@
+"""Prefect flow `train`: one training run for a task, shown in the Prefect UI with its loss log.
+
+A thin wrapper: `flywheel.train.train` / `train_latest` does the work; this module adds the run
+logger (loss lines in the flow run's log), and the candidate's model card as a Prefect artifact.
+No automatic retries: a crashed run is resumed from its last checkpoint by running the flow again
+(same task, recipe and dataset), while a guard failure (NaN loss, OOM) would only fail again.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+
+def _logger():
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called with `.fn()` outside a run
+        return logging.getLogger("flywheel.train")
+
+
+def _loss_logger(logger):
+    from transformers import TrainerCallback
+
+    class PrefectLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            shown = {k: round(v, 5) for k, v in (logs or {}).items() if k in ("loss", "eval_loss", "learning_rate") and isinstance(v, float)}
+            if shown:
+                logger.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+
+    return PrefectLog()
+
+
+@task(name="train-candidate")
+def train_candidate(
+    *,
+    task_name: str,
+    recipe: str = "sft",
+    data_dir: str | None = None,
+    project: str | None = None,
+    dataset_path: str | None = None,
+    dataset_id: str | None = None,
+    base_model: str | None = None,
+    teacher: str | None = None,
+) -> dict[str, Any]:
+    """Train one candidate; return its summary (id, status, paths, metrics)."""
+    from flywheel.settings import load_settings
+    from flywheel.train import train, train_latest
+
+    settings = load_settings(data_dir)
+    logger = _logger()
+    kwargs = dict(recipe=recipe, base_model=base_model, teacher=teacher, callbacks=[_loss_logger(logger)])
+    if dataset_path:
+        candidate = train(settings, project=project or "default", task=task_name, dataset_path=dataset_path, dataset_id=dataset_id, **kwargs)
+    else:
+        candidate = train_latest(settings, task=task_name, project=project, **kwargs)
+    logger.info("candidate %s %s: %s", candidate.id, candidate.status, candidate.metrics)
+    return {
+        "id": candidate.id,
+        "status": candidate.status,
+        "method": candidate.method,
+        "path": str(candidate.path),
+        "adapter_path": str(candidate.adapter_path) if candidate.adapter_path else None,
+        "merged_path": str(candidate.merged_path) if candidate.merged_path else None,
+        "metrics": candidate.metrics,
+    }
+
+
+@task(name="publish-card")
+def publish_card(summary: dict[str, Any], task_name: str) -> None:
+    """The model card as a markdown artifact of the flow run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = "train-" + "".join(c if c.isalnum() else "-" for c in task_name.lower())
+    create_markdown_artifact(key=key, markdown=(Path(summary["path"]) / "README.md").read_text(), description=f"candidate {summary['id']}")
+
+
+@flow(name="train")
+def train_flow(
+    task: str,
+    recipe: str = "sft",
+    data_dir: str | None = None,
+    project: str | None = None,
+    dataset_path: str | None = None,
+    base_model: str | None = None,
+    teacher: str | None = None,
+) -> dict[str, Any]:
+    """Train a candidate for `task` on its newest curated dataset (or `dataset_path`)."""
+    summary = train_candidate(
+        task_name=task, recipe=recipe, data_dir=data_dir, project=project, dataset_path=dataset_path, base_model=base_model, teacher=teacher
+    )
+    publish_card(summary, task)
+    return summary
