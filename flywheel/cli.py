@@ -171,12 +171,12 @@ def curate(task: Task, data_dir: DataDir = None, project: Project = "default",
 
 @app.command()
 def demo(data_dir: DataDir = None,
-         turns: Annotated[int, typer.Option(help="Rounds of simulated traffic.", min=1, max=100)] = 1) -> None:
-    """The loop on a simulated support desk: traffic and feedback into a real service, then what was stored."""
-    settings = _settings(data_dir if data_dir is not None else Path(".flywheel-demo"))
-    from serving.demo import run_demo
+         turns: Annotated[int, typer.Option(help="Turns of the loop.", min=1, max=10)] = 2,
+         requests: Annotated[int, typer.Option(help="App requests per turn.", min=50, max=10_000)] = 600) -> None:
+    """The whole loop on a simulated support desk: traffic, curation, training, benchmarks, promotion."""
+    from pipelines.demo import run_demo
 
-    run_demo(settings, turns=turns)
+    run_demo(data_dir if data_dir is not None else Path(".flywheel-demo"), turns=turns, per_turn=requests)
 
 
 def main() -> None:

@@ -49,6 +49,8 @@ class RouteSettings(BaseModel):
     usd_per_1k_completion: float = Field(0.0, ge=0, description="Price per 1,000 completion tokens.")
     max_batch: int = Field(16, ge=1, description="local: most requests generated together.")
     max_wait_ms: float = Field(5.0, ge=0, description="local: how long a batch waits to fill up.")
+    redact_input: bool = Field(False, description="local: redact PII in prompts before the model sees them, as in "
+                               "the (redacted) data it was trained on.")
 
 
 class GatewaySettings(BaseModel):
@@ -56,6 +58,21 @@ class GatewaySettings(BaseModel):
 
     max_tokens: int = Field(512, ge=1, description="Cap on `max_tokens` of any request.")
     alias_refresh_s: float = Field(1.0, description="How often aliases are re-read from the deployments table.")
+
+
+class TaskSettings(BaseModel):
+    """How the loop turns for one task, under `[tasks.NAME]` in flywheel.toml."""
+
+    project: str = Field("default", description="The project whose traffic trains this task's models.")
+    recipe: str = Field("sft", description="Training recipe: a default's name (sft, sft-full, distill, gkd, dpo) or a file.")
+    base_model: str | None = Field(None, description="The student's base model (path or id).")
+    teacher: str | None = Field(None, description="A local teacher model for distill/gkd.")
+    benchmark: str | None = Field(None, description="Benchmark spec (YAML) that decides promotions.")
+    route: str | None = Field(None, description="The local or vllm route that serves this task's candidates.")
+    curation: dict = Field(default_factory=dict, description="Curation config (see flywheel.curation_config).")
+    gate: dict = Field(default_factory=dict, description="Promotion gate (see flywheel.promotion.GateConfig).")
+    schedule: str | None = Field("0 3 * * *", description="Cron schedule of the retraining flow (`flywheel up`).")
+    min_new_feedback: int | None = Field(None, description="Also turn the loop when this much new feedback arrived.")
 
 
 class ProjectSettings(BaseModel):
@@ -77,6 +94,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     routes: dict[str, RouteSettings] = Field(default_factory=dict, description="Models the gateway serves.")
+    tasks: dict[str, TaskSettings] = Field(default_factory=dict, description="Per task: how the loop turns.")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -94,11 +112,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"routes.{name}.base_url: an {route.kind} route needs the provider's base URL")
             if route.fallback is not None and route.fallback not in self.routes:
                 raise ValueError(f"routes.{name}.fallback: no route named {route.fallback!r}")
+        for name, task in self.tasks.items():
+            if task.route is not None and task.route not in self.routes:
+                raise ValueError(f"tasks.{name}.route: no route named {task.route!r}")
         return self
 
     @property
     def db_path(self) -> Path:
         return self.home / DB_FILE
+
+    @property
+    def url(self) -> str:
+        """Where this data folder's service listens (the loop loads candidates through it)."""
+        return f"http://{self.host}:{self.port}"
 
     def redacts(self, project: str) -> bool:
         override = self.projects.get(project)

@@ -40,8 +40,9 @@ class Incumbent:
     usd_per_call: float = 0.0021
 
 
-def ticket(rng: random.Random, number: int) -> tuple[str, str]:
-    """(ticket text, true queue); `number` makes every ticket's text unique, as real tickets are."""
+def ticket(rng: random.Random) -> tuple[str, str]:
+    """(ticket text, true queue); a random ticket number makes texts unique, as real tickets are."""
+    number = rng.randint(1_000_000, 9_999_999)
     queue = rng.choice(list(QUEUES))
     text = rng.choice(QUEUES[queue]).format(
         plan=rng.choice(PLANS), month=rng.choice(MONTHS), day=rng.randint(1, 28), order=f"#{rng.randint(10000, 99999)}"
@@ -60,11 +61,15 @@ def true_queue(text: str) -> str | None:
 
 
 def golden(n: int, *, seed: int = 10_000) -> list[dict]:
-    """A hand-labelled benchmark set (simulated: labelled by the simulator's ground truth)."""
+    """A hand-labelled benchmark set (simulated: labelled by the simulator's ground truth), built
+    like a real one from stored tickets, so PII is already redacted."""
+    from flywheel.pii import redact
+
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        text, queue = ticket(rng, 900_000 + i)
+        text, queue = ticket(rng)
+        text = redact(text)[0]
         rows.append({"id": f"golden-{i}", "messages": [{"role": "system", "content": SYSTEM},
                      {"role": "user", "content": text}, {"role": "assistant", "content": queue}]})  # fmt: skip
     return rows
@@ -75,7 +80,7 @@ def traffic(n: int, *, seed: int = 0, incumbent: Incumbent = Incumbent(), start:
     rng = random.Random(seed)
     interactions, feedback = [], []
     for i in range(start, start + n):
-        text, truth = ticket(rng, seed * 100_000 + i)
+        text, truth = ticket(rng)
         wrong = rng.random() < incumbent.error_rate
         answer = rng.choice([q for q in QUEUES if q != truth]) if wrong else truth
         iid = f"sim-{seed}-{i}"
@@ -95,10 +100,10 @@ def traffic(n: int, *, seed: int = 0, incumbent: Incumbent = Incumbent(), start:
 
 def user_feedback(rng: random.Random, interaction_id: str, truth: str, answer: str) -> dict | None:
     """What a simulated user or agent says about one answer: half of the wrong routes get
-    corrected by an agent; 30% of the rest get a thumb."""
-    roll = rng.random()
-    if answer.strip() != truth and roll < 0.5:
+    corrected by an agent, a fifth get a thumb down; 30% of the right ones get a thumb up."""
+    roll, right = rng.random(), answer.strip() == truth
+    if not right and roll < 0.5:
         return {"interaction_id": interaction_id, "kind": "correction", "value": truth, "comment": "agent re-routed"}
-    if roll < 0.3:
-        return {"interaction_id": interaction_id, "kind": "thumbs", "value": answer.strip() == truth}
+    if roll < (0.7 if not right else 0.3):
+        return {"interaction_id": interaction_id, "kind": "thumbs", "value": right}
     return None

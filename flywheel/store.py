@@ -104,6 +104,12 @@ def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: 
             try:
                 con = duckdb.connect(str(db_path), read_only=read_only)
                 break
+            except duckdb.ConnectionException as exc:
+                # This process already holds the file read-write (e.g. the service runs in a thread
+                # of the demo): share that instance; a reader just doesn't write.
+                if not (read_only and "different configuration" in str(exc)):
+                    raise
+                read_only = False
             except duckdb.IOException as exc:
                 if not _is_lock_conflict(exc):
                     raise

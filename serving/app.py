@@ -81,23 +81,26 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
 
 
 @contextmanager
-def running(settings: Settings) -> Iterator[str]:
-    """The service in a background thread of this process (port 0: a free one); yields its URL."""
+def in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve an ASGI app from a background thread of this process (port 0: a free one); yields its URL."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                            access_log=False)  # fmt: skip
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name="flywheel-serve", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the service did not start")
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://{settings.host}:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join()
+
+
+def running(settings: Settings) -> Iterator[str]:
+    """The Flywheel service for `settings` in a background thread; yields its URL."""
+    return in_thread(create_app(settings), settings.host, settings.port)

@@ -22,6 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from flywheel import pii
 from serving import metrics, openai_types as oa, recording, upstream
 from serving.auth import ProjectDep
 from serving.engine import Generation
@@ -115,8 +116,13 @@ async def _complete(request: Request, project: str, chat: bool) -> Response:
 async def _local(call: _Call, target: Target) -> Response:
     engine = call.state.engines[target.route_name]
     req, cap = call.req, call.state.settings.gateway.max_tokens
+    messages, prompt = req.messages if call.chat else None, call.input.get("prompt")
+    if target.route.redact_input:  # the model learned on redacted data: show it the same
+        messages = [{**m, "content": pii.redact(m["content"])[0]} if isinstance(m.get("content"), str) else m
+                    for m in messages] if call.chat else None  # fmt: skip
+        prompt = None if call.chat else pii.redact(prompt)[0]
     try:
-        ids = engine.encode_chat(req.messages) if call.chat else engine.encode_prompt(call.input["prompt"])
+        ids = engine.encode_chat(messages) if call.chat else engine.encode_prompt(prompt)
     except Exception as exc:
         raise ApiError(400, f"messages: cannot apply the chat template: {exc}", param="messages") from None
     if len(ids) >= engine.context_length:
