@@ -23,6 +23,9 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Data folder (default: $FLYWHEEL_HOME, else ./.flywheel).", show_default=False),
 ]
 
+Project = Annotated[str, typer.Option(help="The project whose traffic to use.")]
+Task = Annotated[str, typer.Option("--task", help="The task (product feature), e.g. support-triage.")]
+
 CONFIG_TEMPLATE = """\
 # Flywheel settings. Environment variables FLYWHEEL_* override these
 # (nested with __, e.g. FLYWHEEL_INGEST__MAX_ITEMS=500).
@@ -124,12 +127,18 @@ def status(data_dir: DataDir = None, task: Annotated[str | None, typer.Option(he
             f"  max(ts) AS last_seen FROM interactions {where} GROUP BY ALL),"
             " f AS (SELECT i.project, i.task, count(*) AS n FROM feedback f"
             "  JOIN interactions i ON i.project = f.project AND i.id = f.interaction_id GROUP BY ALL),"
-            " d AS (SELECT project, task, count(*) AS n FROM datasets GROUP BY ALL),"
-            " m AS (SELECT project, task, count(*) AS n FROM models GROUP BY ALL)"
-            " SELECT i.project, i.task, i.n, i.errors, coalesce(f.n, 0), coalesce(d.n, 0), coalesce(m.n, 0),"
-            "  strftime(i.last_seen, '%Y-%m-%d %H:%M')"
+            " d AS (SELECT project, task, arg_max(id, created_at) AS latest, count(*) AS n FROM datasets GROUP BY ALL),"
+            " m AS (SELECT project, task, count(*) FILTER (status = 'ready') AS ready, count(*) AS n FROM models GROUP BY ALL),"
+            " p AS (SELECT project, task, string_agg(alias || '=' || model, ', ' ORDER BY alias DESC) AS serving"
+            "  FROM deployments GROUP BY ALL),"
+            " e AS (SELECT project, task, arg_max(action || ' ' || coalesce(model, '') || ': ' || reason, ts) AS last"
+            "  FROM deployment_events GROUP BY ALL)"
+            " SELECT i.project, i.task, i.n, i.errors, coalesce(f.n, 0),"
+            "  coalesce(d.latest || ' (' || d.n || ')', '-'), coalesce(m.ready || '/' || m.n, '0'),"
+            "  coalesce(p.serving, '-'), coalesce(e.last, '-'), strftime(i.last_seen, '%Y-%m-%d %H:%M')"
             " FROM i LEFT JOIN f USING (project, task) LEFT JOIN d USING (project, task)"
-            " LEFT JOIN m USING (project, task) ORDER BY i.project, i.task",
+            " LEFT JOIN m USING (project, task) LEFT JOIN p USING (project, task) LEFT JOIN e USING (project, task)"
+            " ORDER BY i.project, i.task",
             params,
         ).fetchall()
     if not rows:
@@ -137,14 +146,11 @@ def status(data_dir: DataDir = None, task: Annotated[str | None, typer.Option(he
             fail(f"no interactions for task {task!r}")
         typer.echo(f"no interactions in {settings.home} yet: send some to POST /v1/interactions")
         return
-    table = Table("project", "task", "interactions", "errors", "feedback", "datasets", "candidates", "last seen (UTC)")
+    table = Table("project", "task", "interactions", "errors", "feedback", "latest dataset (versions)",
+                  "candidates ready/all", "serving", "last decision", "last seen (UTC)")  # fmt: skip
     for row in rows:
         table.add_row(*(str(v) for v in row))
-    Console(width=max(120, Console().width)).print(table)
-
-
-Project = Annotated[str, typer.Option(help="The project whose traffic to use.")]
-Task = Annotated[str, typer.Option("--task", help="The task (product feature), e.g. support-triage.")]
+    Console(width=max(200, Console().width)).print(table)
 
 
 @app.command()
@@ -167,6 +173,115 @@ def curate(task: Task, data_dir: DataDir = None, project: Project = "default",
         fail(str(exc))
     typer.echo(version.report)
     typer.echo(f"dataset {version.id} {'written to' if version.created else 'already at'} {version.path}")
+
+
+@app.command()
+def train(task: Task, data_dir: DataDir = None,
+          recipe: Annotated[str, typer.Option(help="A default recipe (sft, sft-full, distill, gkd, dpo) or a file.")] = "sft",
+          base_model: Annotated[str | None, typer.Option(help="The student's base model (path or id).")] = None,
+          teacher: Annotated[str | None, typer.Option(help="A local teacher model (distill, gkd).")] = None,
+          project: Annotated[str | None, typer.Option(help="Only this project's datasets.")] = None) -> None:  # fmt: skip
+    """Train a candidate on the task's newest curated dataset and register it."""
+    from flywheel.train import TrainingError, train_latest
+
+    settings = _settings(data_dir)
+    task_cfg = settings.tasks.get(task)
+    try:
+        candidate = train_latest(settings, task=task, recipe=recipe, project=project,
+                                 base_model=base_model or (task_cfg.base_model if task_cfg else None),
+                                 teacher=teacher or (task_cfg.teacher if task_cfg else None))  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc), 2)
+    except TrainingError as exc:
+        fail(f"training failed, candidate marked failed: {exc}")
+    typer.echo(f"candidate {candidate.id} ({candidate.method}) ready in {candidate.path}")
+    typer.echo(", ".join(f"{k} {v:.4g}" for k, v in candidate.metrics.items() if k in ("eval_loss", "exact_match")))
+
+
+@app.command("eval")
+def eval_(task: Task, model: Annotated[str, typer.Option(help="The model to benchmark (a gateway model id).")],
+          data_dir: DataDir = None,
+          baseline: Annotated[str | None, typer.Option(help="Compare with this model (default: the task's production).")] = None,
+          benchmark: Annotated[Path | None, typer.Option(help="Benchmark spec (default: the task's).", exists=True)] = None,
+          ) -> None:  # fmt: skip
+    """Benchmark a model through the running service, against production, in 3D (quality, latency, cost)."""
+    from evals import EndpointSampler, EvalError, evaluate
+    from pipelines.loop import production_model, service_key
+
+    settings = _settings(data_dir)
+    cfg = settings.tasks.get(task)
+    spec = benchmark or (cfg.benchmark if cfg else None)
+    if spec is None:
+        fail(f"--benchmark: task {task!r} has no benchmark in [tasks.{task}]; pass a spec file", 2)
+    project = cfg.project if cfg else "default"
+    key = service_key(settings, project)
+    baseline = baseline or production_model(settings, project, task)
+    sampler = EndpointSampler(f"{settings.url}/v1", model, api_key=key)
+    incumbent = EndpointSampler(f"{settings.url}/v1", baseline, api_key=key) if baseline else None
+    try:
+        report = evaluate(settings, project=project, task=task, benchmark=spec, sampler=sampler,
+                          baseline_sampler=incumbent, progress=True)  # fmt: skip
+    except EvalError as exc:
+        fail(str(exc), 2)
+    typer.echo(report.markdown)
+    typer.echo(f"report: {report.html_path}")
+    if report.candidate.status != "done":
+        fail(f"the benchmark run failed: {report.candidate.error}")
+
+
+@app.command()
+def promote(task: Task, model: Annotated[str, typer.Option(help="A ready candidate id (or a route name).")],
+            data_dir: DataDir = None, project: Project = "default",
+            alias: Annotated[str, typer.Option(help="production or canary.")] = "production",
+            share: Annotated[float, typer.Option(help="Canary share of users.", min=0.01, max=1.0)] = 1.0,
+            reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual promotion") -> None:
+    """Put a model in service under an alias now: load it in the running service, then move the alias."""
+    from flywheel.promotion import Decision, PromotionError, http_loader, promote as run
+    from pipelines.loop import service_key
+
+    settings = _settings(data_dir)
+    with store.connect(settings.db_path) as con:
+        row = con.execute("SELECT status, coalesce(adapter_path, merged_path) FROM models WHERE id = ?", [model]).fetchone()
+    if row is None and model not in settings.routes:
+        fail(f"--model: {model!r} is neither a registered candidate nor a route", 2)
+    if row is not None and row[0] != "ready":
+        fail(f"--model: candidate {model!r} is {row[0]}; only a ready candidate can serve", 2)
+    route = settings.tasks[task].route if task in settings.tasks else None
+    load = http_loader(settings.url, service_key(settings, project), route) if row else (lambda name, path: None)
+    try:
+        run(settings, project=project, task=task, model=model, path=row[1] if row else "", alias=alias, share=share,
+            decision=Decision(True, [reason], {"manual": True}), load=load)  # fmt: skip
+    except (PromotionError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"{task}{'' if alias == 'production' else ':' + alias} → {model}")
+
+
+@app.command()
+def rollback(task: Task, data_dir: DataDir = None, project: Project = "default",
+             reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual rollback") -> None:
+    """Give production back to the model that held it before the last change."""
+    from flywheel.promotion import PromotionError, rollback as run
+
+    try:
+        deployment = run(_settings(data_dir), project=project, task=task, reason=reason)
+    except PromotionError as exc:
+        fail(str(exc))
+    typer.echo(f"{task} → {deployment.model} (rolled back)")
+
+
+@app.command()
+def run(task: Task, data_dir: DataDir = None) -> None:
+    """One turn of the loop now (curate → train → eval → gate → promote), with the service running."""
+    from pipelines.loop import run_turn
+
+    settings = _settings(data_dir)
+    if task not in settings.tasks:
+        fail(f"--task: no [tasks.{task}] section in {settings.home / CONFIG_FILE}", 2)
+    try:
+        turn = run_turn(settings, task)
+    except Exception as exc:  # each stage's own error names its cause
+        fail(f"{type(exc).__name__}: {exc}")
+    typer.echo(turn.decision.summary() if turn.decision else "no decision")
 
 
 @app.command()

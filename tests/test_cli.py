@@ -72,3 +72,22 @@ def test_curate_command(tmp_path):
     assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
     status = flywheel("status", "--data-dir", str(tmp_path))
     assert TASK in status.stdout and "200" in status.stdout
+
+
+def test_promote_and_rollback_commands(tmp_path):
+    (tmp_path / "flywheel.toml").write_text(
+        '[routes.big]\nkind = "upstream"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        '[routes.small]\nkind = "upstream"\nbase_url = "http://127.0.0.1:9/v1"\n')
+    d = ["--data-dir", str(tmp_path), "--task", "triage"]
+    assert flywheel("promote", *d, "--model", "big").returncode == 0
+    out = flywheel("promote", *d, "--model", "small", "--reason", "cheaper")
+    assert out.returncode == 0 and "triage → small" in out.stdout
+    out = flywheel("rollback", *d)
+    assert out.returncode == 0 and "triage → big" in out.stdout
+    bad = flywheel("promote", *d, "--model", "nope")
+    assert bad.returncode == 2 and "--model" in bad.stderr
+    with store.connect(load_settings(tmp_path).db_path) as con:
+        actions = con.execute("SELECT action, model, reason FROM deployment_events ORDER BY ts").fetchall()
+    assert actions == [("promote", "big", "promote: manual promotion"), ("promote", "small", "promote: cheaper"),
+                       ("rollback", "big", "manual rollback")]  # fmt: skip
+    assert flywheel("run", *d).returncode == 2  # no [tasks.triage] section

@@ -1,0 +1,39 @@
+"""The whole loop end to end on a small simulated workload: the demo's own code path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from flywheel import store
+from flywheel.deployments import deployments, history
+from flywheel.settings import load_settings
+from flywheel.simulate import TASK
+from pipelines.demo import PROJECT, run_demo
+
+pytestmark = pytest.mark.slow
+
+
+def test_one_turn_of_the_loop(tmp_path):
+    home = tmp_path / "demo"
+    rows = run_demo(home, turns=1, per_turn=300)
+    assert len(rows) == 1 and rows[0]["served_by"] == "simulated-gpt-large"
+    settings = load_settings(home)
+    with store.connect(settings.db_path, read_only=True) as con:
+        recorded = con.execute("SELECT count(*) FROM interactions WHERE source = 'gateway'").fetchone()[0]
+        models = con.execute("SELECT id, status FROM models").fetchall()
+        runs = con.execute("SELECT model, status FROM eval_runs ORDER BY started_at").fetchall()
+        events = history(con, project=PROJECT, task=TASK)
+        serving = {d.alias: d.model for d in deployments(con, PROJECT)}
+    assert recorded >= 300 + 150  # the turn's traffic and the final traffic went through the gateway
+    assert len(models) == 1 and models[0][1] == "ready"
+    assert sorted(runs) == sorted([(models[0][0], "done"), ("incumbent", "done")])
+    decision = events[-1]
+    assert decision["model"] == models[0][0] and decision["action"] in ("promote", "refuse")
+    assert serving["production"] == (models[0][0] if decision["action"] == "promote" else "incumbent")
+    assert (home / "reports" / "demo.html").exists()
+    status = subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "--data-dir", str(home)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert status.returncode == 0 and TASK in status.stdout and "production=" in status.stdout
