@@ -41,15 +41,18 @@ def assign(con: Connection, *, project: str, task: str, alias: str, model: str, 
     try:
         previous = con.execute("SELECT model FROM deployments WHERE project = ? AND task = ? AND alias = ?",
                                [project, task, alias]).fetchone()  # fmt: skip
-        con.execute(
-            "INSERT INTO deployments (project, task, alias, model, share) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT DO UPDATE SET model = excluded.model, share = excluded.share, updated_at = now()",
-            [project, task, alias, model, share],
-        )
+        # A plain UPDATE, then an INSERT if there was no row: DuckDB's upsert on a keyed table is
+        # a delete + insert underneath, which can fail at commit after repeated updates.
+        if previous:
+            con.execute("UPDATE deployments SET model = ?, share = ?, updated_at = now()"
+                        " WHERE project = ? AND task = ? AND alias = ?", [model, share, project, task, alias])  # fmt: skip
+        else:
+            con.execute("INSERT INTO deployments (project, task, alias, model, share) VALUES (?, ?, ?, ?, ?)",
+                        [project, task, alias, model, share])  # fmt: skip
         _event(con, project, task, alias, action, model, previous[0] if previous else None, reason, evidence)
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        _rollback(con)
         raise
     return Deployment(project, task, alias, model, share)
 
@@ -63,7 +66,7 @@ def remove(con: Connection, *, project: str, task: str, alias: str, reason: str,
         _event(con, project, task, alias, "remove", None, previous[0] if previous else None, reason, evidence)
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        _rollback(con)
         raise
 
 
@@ -89,3 +92,11 @@ def _event(con: Connection, project: str, task: str, alias: str, action: str, mo
         [project, task, alias, action, model, previous, reason,
          orjson.dumps(evidence, default=str).decode() if evidence is not None else None],
     )  # fmt: skip
+
+
+def _rollback(con: Connection) -> None:
+    # A failed COMMIT has already rolled back; don't let the second error hide the first.
+    try:
+        con.execute("ROLLBACK")
+    except Exception:  # noqa: BLE001
+        pass
