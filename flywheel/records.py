@@ -108,10 +108,26 @@ def _utc(ts: datetime | None, now: datetime) -> datetime:
     return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
 
 
-def _text(value: str, field: str, limits: Limits, redact: bool) -> tuple[str, int]:
+# System prompts repeat on nearly every call of a task, so their redaction is remembered:
+# a bounded dict (cleared when full; short enough texts only) keyed by the text itself.
+_REDACTED_PROMPTS: dict[str, tuple[str, int]] = {}
+_PROMPT_CACHE_ITEMS, _PROMPT_CACHE_CHARS = 256, 16_384
+_REPEATING_ROLES = frozenset({"system", "developer"})
+
+
+def _text(value: str, field: str, limits: Limits, redact: bool, repeats: bool = False) -> tuple[str, int]:
     if len(value) > limits.max_text_chars:
         raise ItemError(f"{field}: text of {len(value)} characters is over the limit of {limits.max_text_chars}")
-    return pii.redact(value) if redact else (value, 0)
+    if not redact:
+        return value, 0
+    if not repeats or len(value) > _PROMPT_CACHE_CHARS:
+        return pii.redact(value)
+    done = _REDACTED_PROMPTS.get(value)
+    if done is None:
+        if len(_REDACTED_PROMPTS) >= _PROMPT_CACHE_ITEMS:
+            _REDACTED_PROMPTS.clear()
+        done = _REDACTED_PROMPTS[value] = pii.redact(value)
+    return done
 
 
 def _messages(messages: list[dict[str, Any]], limits: Limits, redact: bool) -> tuple[list[dict], int]:
@@ -127,7 +143,7 @@ def _messages(messages: list[dict[str, Any]], limits: Limits, redact: bool) -> t
             raise ItemError(f"messages[{i}].role: expected one of {', '.join(sorted(ROLES))}, got {role!r}")
         content = message.get("content")
         if isinstance(content, str):
-            content, n = _text(content, f"messages[{i}].content", limits, redact)
+            content, n = _text(content, f"messages[{i}].content", limits, redact, role in _REPEATING_ROLES)
             found += n
         elif isinstance(content, list):
             parts = []

@@ -76,6 +76,24 @@ def _items(body: bytes, kind: str, max_items: int) -> list[msgspec.Raw]:
     return items
 
 
+async def _committed(writer: Writer, kind: str, rows: list[tuple], timeout_s: float):
+    """Hand rows to the writer and wait until they are committed; 503 when it cannot take them."""
+    try:
+        future = writer.submit(kind, rows)
+    except QueueFull as exc:
+        metrics.REJECTED.labels("queue_full").inc()
+        raise ApiError(503, f"busy: {exc}; retry later with the same ids", code="queue_full",
+                       headers={"Retry-After": "1"}) from None  # fmt: skip
+    try:
+        async with asyncio.timeout(timeout_s):  # (unlike wait_for, no extra task per request)
+            return await asyncio.wrap_future(future)
+    except TimeoutError:
+        metrics.REJECTED.labels("ack_timeout").inc()
+        raise ApiError(503, f"not committed within {timeout_s}s; retry with the same ids "
+                       "(items with an id are stored once)", code="ack_timeout",
+                       headers={"Retry-After": "1"}) from None  # fmt: skip
+
+
 async def _ingest(request: Request, project: str, kind: str, make_row: Callable[..., tuple]) -> Response:
     settings: Settings = request.app.state.settings
     writer: Writer = request.app.state.writer
@@ -83,38 +101,27 @@ async def _ingest(request: Request, project: str, kind: str, make_row: Callable[
     raws = _items(body, kind, settings.ingest.max_items)
     limits = Limits(settings.ingest.max_text_chars, settings.ingest.max_messages)
     redact = settings.redacts(project)
-    results: list[dict] = [{}] * len(raws)
+    now = datetime.now(UTC).replace(tzinfo=None)  # the request's receive time, for all its items
+    results: list[dict | None] = [None] * len(raws)
     rows, indexes = [], []
     for i, raw in enumerate(raws):
         try:
-            rows.append(make_row(raw, project=project, redact=redact, limits=limits))
+            rows.append(make_row(raw, project=project, redact=redact, limits=limits, now=now))
             indexes.append(i)
         except ItemError as exc:
             results[i] = {"index": i, "status": "error", "error": str(exc)}
+    counts = {"accepted": 0, "duplicate": 0, "error": len(raws) - len(rows)}
     if rows:
-        try:
-            future = writer.submit(kind, rows)
-        except QueueFull as exc:
-            metrics.REJECTED.labels("queue_full").inc()
-            raise ApiError(503, f"busy: {exc}; retry later with the same ids", code="queue_full",
-                           headers={"Retry-After": "1"}) from None  # fmt: skip
-        try:
-            outcome = await asyncio.wait_for(asyncio.wrap_future(future), settings.ingest.ack_timeout_s)
-        except TimeoutError:
-            metrics.REJECTED.labels("ack_timeout").inc()
-            raise ApiError(503, f"not committed within {settings.ingest.ack_timeout_s}s; retry with the same ids "
-                           "(items with an id are stored once)", code="ack_timeout",
-                           headers={"Retry-After": "1"}) from None  # fmt: skip
+        outcome = await _committed(writer, kind, rows, settings.ingest.ack_timeout_s)
         for i, row, stored in zip(indexes, rows, outcome.stored):
             if kind == "feedback" and (project, row[2]) in outcome.unknown:
                 results[i] = {"index": i, "id": row[1], "status": "error",
                               "error": f"interaction_id: no interaction {row[2]!r} in this project"}  # fmt: skip
+                counts["error"] += 1
             else:
                 status = "accepted" if stored else "duplicate"
                 results[i] = {"index": i, "id": row[1], "status": status}
-    counts = {s: 0 for s in ("accepted", "duplicate", "error")}
-    for r in results:
-        counts[r["status"]] += 1
+                counts[status] += 1
     for status, n in counts.items():
         if n:
             metrics.ITEMS.labels(kind, status).inc(n)

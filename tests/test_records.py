@@ -63,3 +63,16 @@ def test_timestamps_are_stored_in_utc_and_pii_counted():
         project="p", redact=True, limits=LIMITS)))  # fmt: skip
     assert row["ts"].isoformat() == "2026-01-02T01:04:05"
     assert row["response"] == "mail me: <EMAIL>" and row["pii_redacted"] == 1
+
+
+def test_repeated_system_prompts_are_redacted_every_time():
+    item = {**good, "messages": [{"role": "system", "content": "Escalate to ops@example.com."},
+                                 {"role": "user", "content": "hi"}]}  # fmt: skip
+    for _ in range(3):  # the second and third answers come from the cache of redacted prompts
+        row = dict(zip(INTERACTION_COLUMNS, interaction_row(msgspec.json.encode(item), project="p", redact=True,
+                                                            limits=LIMITS)))  # fmt: skip
+        assert msgspec.json.decode(row["request"])["messages"][0]["content"] == "Escalate to <EMAIL>."
+        assert row["pii_redacted"] == 1
+    raw = dict(zip(INTERACTION_COLUMNS, interaction_row(msgspec.json.encode(item), project="p", redact=False,
+                                                        limits=LIMITS)))  # fmt: skip
+    assert "ops@example.com" in raw["request"]

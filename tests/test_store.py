@@ -85,3 +85,17 @@ def test_batched_writes_are_idempotent(tmp_path):
         assert [r["id"] for r in page] == ["a0", "a1"] or len(page) == 2
         assert cursor is not None
         assert read_interactions(con, project="other")[0] == []
+
+
+def test_append_refuses_a_stored_id_and_writes_nothing_of_that_batch(tmp_path):
+    import duckdb
+
+    limits = Limits(1000, 10)
+    raw = [b'{"id": "b%d", "task": "t", "model": "m", "prompt": "p", "response": "r"}' % i for i in range(3)]
+    rows = [interaction_row(r, project="p1", redact=False, limits=limits) for r in raw]
+    with store.connect(tmp_path / "f.duckdb") as con:
+        assert write_interactions(con, rows[:1], append=True) is None
+        with pytest.raises(duckdb.ConstraintException):  # b0 is stored: the writer redoes such a batch
+            write_interactions(con, rows, append=True)
+        assert write_interactions(con, rows) == {("p1", "b1"), ("p1", "b2")}
+        assert con.execute("SELECT count(*) FROM interactions").fetchone() == (3,)
