@@ -38,7 +38,7 @@ def generate(db_path: str, rows: int) -> None:
     """Fill the store with one INSERT … SELECT per table (DuckDB generates the text)."""
     from flywheel import store
 
-    words = f"(SELECT list(w) FROM (SELECT unnest($vocab) AS w))"
+    words = "(SELECT list(w) FROM (SELECT unnest($vocab) AS w))"
     # Each row i has a content source: itself, an earlier row (exact duplicate, re-cased), or an
     # earlier row with one word replaced (near duplicate).
     sql = f"""

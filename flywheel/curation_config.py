@@ -7,13 +7,13 @@ config or a version without importing the curation machinery.
 from __future__ import annotations
 
 import dataclasses
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+
+from flywheel.settings import read_config_file
 
 
 class CurationError(ValueError):
@@ -91,16 +91,7 @@ class CurationConfig:
     @classmethod
     def from_file(cls, path: Path | str) -> CurationConfig:
         """From a .toml, .yaml/.yml or .json file; a `[curation]` table is used when present."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+        data = read_config_file(path)
         return cls.from_dict(data.get("curation", data))
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from flywheel.settings import read_config_file
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 METHODS = ("sft", "distill", "gkd", "dpo")
@@ -189,15 +190,7 @@ def load_recipe(source: str | Path, **overrides) -> Recipe:
         if not named.exists():
             raise FileNotFoundError(f"no recipe file {source!r} and no default recipe of that name (defaults: {', '.join(available_recipes())})")
         path = named
-    text = path.read_text()
-    if path.suffix == ".toml":
-        data = tomllib.loads(text)
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text) or {}
+    data = read_config_file(path)
     data.update(overrides)
     return recipe_from_dict(data)
 

@@ -131,6 +131,23 @@ class Settings(BaseSettings):
         return self.redact_pii if override is None else override.redact_pii
 
 
+def read_config_file(path: Path | str) -> dict:
+    """A config mapping from a .toml, .json or .yaml/.yml file (recipes, curation configs)."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    if path.suffix == ".json":
+        import json
+
+        return json.loads(text)
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
 def load_settings(data_dir: Path | str | None = None) -> Settings:
     """Settings for a data folder (`None`: `$FLYWHEEL_HOME` or `./.flywheel`)."""
     if data_dir is not None:

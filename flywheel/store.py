@@ -38,7 +38,8 @@ def _wait_dir(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".wait")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,7 +61,7 @@ def waiting(db_path: Path) -> bool:
         pid = int(name.split("-", 1)[0]) if name.split("-", 1)[0].isdigit() else -1
         if pid == me:
             continue
-        if pid > 0 and _pid_alive(pid):
+        if pid > 0 and pid_alive(pid):
             return True
         (folder / name).unlink(missing_ok=True)
     return False

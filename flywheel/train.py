@@ -34,6 +34,7 @@ from typing import Any
 
 from flywheel.recipes import Recipe, dump_recipe, load_recipe, recipe_hash
 from flywheel.settings import Settings
+from flywheel.store import pid_alive
 from flywheel.store import connect
 from flywheel.train_data import BaseModelNotFound, DatasetTooSmall, check_model_source, load_splits
 
@@ -114,15 +115,7 @@ def _resumable(settings: Settings, *, project: str, task: str, rhash: str, datas
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(pid, int) and pid_alive(pid)
 
 
 def _set(settings: Settings, model_id: str, **values: Any) -> None:

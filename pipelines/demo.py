@@ -28,7 +28,7 @@ from rich.table import Table
 from flywheel import store
 from flywheel.deployments import assign
 from flywheel.settings import load_settings
-from flywheel.simulate import QUEUES, SYSTEM, TASK, Incumbent, golden, ticket, true_queue, user_feedback
+from flywheel.simulate import QUEUES, SYSTEM, TASK, Incumbent, golden, ticket, user_feedback
 from flywheel.tiny import build_tiny_model
 from pipelines.loop import Turn, run_turn, service_key
 from serving import simulated
