@@ -269,19 +269,47 @@ def rollback(task: Task, data_dir: DataDir = None, project: Project = "default",
     typer.echo(f"{task} → {deployment.model} (rolled back)")
 
 
+def _prefect_env(settings: Settings) -> None:
+    """Prefect without a server unless one is configured: its files under the data folder."""
+    import os
+
+    os.environ.setdefault("PREFECT_HOME", str(settings.home.resolve() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 @app.command()
 def run(task: Task, data_dir: DataDir = None) -> None:
-    """One turn of the loop now (curate → train → eval → gate → promote), with the service running."""
-    from pipelines.loop import run_turn
-
+    """One turn of the loop now (curate → train → eval → gate → promote) as a Prefect flow run,
+    with the service running."""
     settings = _settings(data_dir)
     if task not in settings.tasks:
         fail(f"--task: no [tasks.{task}] section in {settings.home / CONFIG_FILE}", 2)
+    _prefect_env(settings)
+    from pipelines.flywheel import flywheel_flow
+
     try:
-        turn = run_turn(settings, task)
+        result = flywheel_flow(task=task, data_dir=str(settings.home))
     except Exception as exc:  # each stage's own error names its cause
         fail(f"{type(exc).__name__}: {exc}")
-    typer.echo(turn.decision.summary() if turn.decision else "no decision")
+    typer.echo(("promoted " if result.get("promoted") else "not promoted ") + f"{result.get('candidate')}: "
+               + "; ".join(result.get("reasons") or []))  # fmt: skip
+
+
+@app.command()
+def up(data_dir: DataDir = None,
+       port: Annotated[int | None, typer.Option(help="API port [default: 8000].", min=1, max=65535)] = None,
+       prefect_port: Annotated[int, typer.Option(help="Prefect UI/API port.", min=1, max=65535)] = 4200) -> None:
+    """The service, a local Prefect server (UI) and the scheduled flywheel flows, until Ctrl-C."""
+    settings = _settings(data_dir)
+    if port is not None:
+        settings.port = port
+    _prefect_env(settings)
+    from pipelines.up import up as run_up
+
+    try:
+        run_up(settings, prefect_port=prefect_port)
+    except RuntimeError as exc:
+        fail(str(exc))
 
 
 @app.command()

@@ -127,6 +127,8 @@ def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: 
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
+    # Every timestamp we store is naive UTC; make DuckDB's own defaults (current_timestamp) agree.
+    con.execute("SET TimeZone = 'UTC'")
     if not read_only:
         try:
             migrate(con)

@@ -93,3 +93,21 @@ def shared_server(tmp_path_factory):
     server.keys = keys
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    # Prefect reads these when its settings load: set them before the harness starts, in a
+    # folder of our own, so the tests never touch ~/.prefect or phone home.
+    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

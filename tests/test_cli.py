@@ -91,3 +91,4 @@ def test_promote_and_rollback_commands(tmp_path):
     assert actions == [("promote", "big", "promote: manual promotion"), ("promote", "small", "promote: cheaper"),
                        ("rollback", "big", "manual rollback")]  # fmt: skip
     assert flywheel("run", *d).returncode == 2  # no [tasks.triage] section
+    assert flywheel("up", "--help").returncode == 0

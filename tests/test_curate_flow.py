@@ -3,7 +3,6 @@ publishes the report as an artifact, and fails at once (no retries) on bad input
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -11,24 +10,6 @@ import pytest
 from flywheel import store
 from flywheel.settings import load_settings
 from test_curate import background, fb, fill
-
-
-@pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory):
-    # Prefect reads these when its settings load: set them before the harness starts, in a
-    # folder of our own, so the tests never touch ~/.prefect or phone home.
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")}
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def test_curate_flow_registers_and_publishes(prefect_harness, tmp_path):
