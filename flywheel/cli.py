@@ -291,8 +291,8 @@ def run(task: Task, data_dir: DataDir = None) -> None:
         result = flywheel_flow(task=task, data_dir=str(settings.home))
     except Exception as exc:  # each stage's own error names its cause
         fail(f"{type(exc).__name__}: {exc}")
-    typer.echo(("promoted " if result.get("promoted") else "not promoted ") + f"{result.get('candidate')}: "
-               + "; ".join(result.get("reasons") or []))  # fmt: skip
+    candidate = (result.get("candidate") or {}).get("id")
+    typer.echo(("promoted " if result["promoted"] else "not promoted ") + f"{candidate}: " + "; ".join(result["reasons"]))
 
 
 @app.command()

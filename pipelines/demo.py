@@ -30,7 +30,7 @@ from flywheel.deployments import assign
 from flywheel.settings import load_settings
 from flywheel.simulate import QUEUES, SYSTEM, TASK, Incumbent, golden, ticket, user_feedback
 from flywheel.tiny import build_tiny_model
-from pipelines.loop import Turn, run_turn, service_key
+from pipelines.loop import service_key
 from serving import simulated
 from serving.app import in_thread, running
 
@@ -109,29 +109,27 @@ def _app_traffic(url: str, key: str, turn: int, n: int) -> dict:
             "seconds": seconds}  # fmt: skip
 
 
-def _row(i: int, live: dict, turn: Turn) -> dict:
-    quality = next((c for c in (turn.report.verdicts.comparisons if turn.report and turn.report.verdicts else [])
-                    if c.dimension == "quality"), None)  # fmt: skip
-    ev = turn.evidence
+def _row(i: int, live: dict, turn: dict) -> dict:
+    quality = next((c for c in turn["comparisons"] if c["dimension"] == "quality"), None)
+    ev, counts = turn["evidence"], (turn["dataset"] or {}).get("counts", {})
     return {
         "turn": i, "served_by": live["served_by"], "live_accuracy": f"{live['live_accuracy']:.1%}",
-        "dataset": f"{turn.dataset.counts.get('sft_train', turn.dataset.counts.get('kept', '?'))} ex" if turn.dataset else "-",
-        "candidate": turn.candidate.id if turn.candidate else "-",
-        "quality": (f"{quality.candidate:.3f} vs {quality.incumbent:.3f} (diff CI [{quality.ci_low:+.3f}, {quality.ci_high:+.3f}])"
-                    if quality else "-"),
-        "p95_ms": f"{ev.latency_p95_ms:.0f}" if ev and ev.latency_p95_ms is not None else "-",
-        "cost_per_1k": (f"${ev.cost_per_1k_usd:.4f} vs ${ev.incumbent_cost_per_1k_usd:.4f}"
-                        if ev and ev.cost_per_1k_usd is not None and ev.incumbent_cost_per_1k_usd is not None else "-"),
-        "decision": turn.decision.summary() if turn.decision else "-",
+        "dataset": f"{counts.get('train', '?')} train ex", "candidate": (turn["candidate"] or {}).get("id", "-"),
+        "benchmark quality": (f"{quality['candidate']:.3f} vs {quality['incumbent']:.3f} "
+                              f"(diff CI [{quality['ci_low']:+.3f}, {quality['ci_high']:+.3f}])" if quality else "-"),
+        "p95 ms": f"{ev['latency_p95_ms']:.0f}" if ev.get("latency_p95_ms") is not None else "-",
+        "cost / 1k req": (f"${ev['cost_per_1k_usd']:.4f} vs ${ev['incumbent_cost_per_1k_usd']:.4f}"
+                          if ev.get("cost_per_1k_usd") is not None and ev.get("incumbent_cost_per_1k_usd") else "-"),
+        "decision": ("promote: " if turn["promoted"] else "refuse: ") + "; ".join(turn["reasons"]),
     }  # fmt: skip
 
 
-def _html(rows: list[dict], turns: list[Turn], path: Path) -> None:
+def _html(rows: list[dict], turns: list[dict], path: Path) -> None:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    charts = "".join(f'<h3>turn {i + 1}</h3><p><a href="{t.report.html_path}">benchmark report</a></p>'
-                     + "".join(f'<img src="{c}" width="420">' for c in t.report.charts)
-                     for i, t in enumerate(turns) if t.report)  # fmt: skip
+    charts = "".join(f'<h3>turn {i + 1}</h3><p><a href="{t["report"]}">benchmark report</a></p>'
+                     + "".join(f'<img src="{c}" width="420">' for c in t["charts"])
+                     for i, t in enumerate(turns) if t["report"])  # fmt: skip
     path.write_text(f"<html><head><meta charset='utf-8'><title>Flywheel demo</title></head><body>"
                     f"<h1>Flywheel demo: {TASK}</h1><p>The incumbent is a SIMULATED provider "
                     f"({INCUMBENT.error_rate:.0%} wrong routes, {INCUMBENT.latency_ms:.0f} ms, declared prices).</p>"
@@ -142,6 +140,11 @@ def run_demo(home: Path, *, turns: int = 2, per_turn: int = 600, console: Consol
     """Turn the loop `turns` times on the simulated support desk; return the summary rows."""
     console = console or Console()
     os.environ.setdefault("TQDM_DISABLE", "1")  # the demo has its own progress view
+    # Prefect without a server unless one is configured; its files stay in the demo folder.
+    os.environ.setdefault("PREFECT_HOME", str(home.resolve() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from pipelines.flywheel import flywheel_flow
+
     started = time.perf_counter()
     if home.exists() and (home / "flywheel.duckdb").exists():
         shutil.rmtree(home)  # a demo starts from nothing
@@ -159,9 +162,8 @@ def run_demo(home: Path, *, turns: int = 2, per_turn: int = 600, console: Consol
         "max_length: 256\nassistant_only_loss: true\nwarmup_ratio: 0.05\neval_split: eval\nseed: 0\n")
     rows, done = [], []
     with in_thread(simulated.create_app(INCUMBENT)) as provider_url:
-        (home / "flywheel.toml").write_text(_config(home, provider_url, base))
+        (home / "flywheel.toml").write_text(f"port = {_free_port()}\n" + _config(home, provider_url, base))
         settings = load_settings(home)
-        settings.port = _free_port()
         with store.connect(settings.db_path) as con:
             assign(con, project=PROJECT, task=TASK, alias="production", model="incumbent", reason="the app's provider today")
         key = service_key(settings, PROJECT)
@@ -172,8 +174,8 @@ def run_demo(home: Path, *, turns: int = 2, per_turn: int = 600, console: Consol
                     live = _app_traffic(url, key, i, per_turn)
                 console.print(f"turn {i}: {per_turn} tickets answered by [bold]{live['served_by']}[/] "
                               f"(live accuracy {live['live_accuracy']:.1%}), {live['feedback']} feedback items")  # fmt: skip
-                with console.status(f"turn {i}: curate → train → benchmark → gate"):
-                    turn = run_turn(settings, TASK)
+                with console.status(f"turn {i}: the `flywheel` Prefect flow: curate → train → benchmark → gate"):
+                    turn = flywheel_flow(task=TASK, data_dir=str(home))
                 rows.append(_row(i, live, turn))
                 done.append(turn)
                 console.print(f"turn {i}: {rows[-1]['decision']}")
