@@ -155,7 +155,7 @@ def turn_summary(turn: Turn) -> dict[str, Any]:
         "promoted": bool(turn.decision and turn.decision.promote),
         "reasons": list(turn.decision.reasons) if turn.decision else [],
         "report": str(turn.report.html_path) if turn.report is not None else None,
-        "charts": [str(c) for c in turn.report.charts] if turn.report is not None else [],
+        "charts": [str(c) for c in getattr(turn.report, "charts", [])],
         "evidence": {k: getattr(turn.evidence, k) for k in ("latency_p95_ms", "cost_per_1k_usd", "incumbent_cost_per_1k_usd")}
         if turn.evidence else {},
     }  # fmt: skip
