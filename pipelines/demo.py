@@ -87,13 +87,13 @@ def _app_traffic(url: str, key: str, turn: int, n: int) -> dict:
     """The simulated app: n tickets through the gateway, then its users' feedback."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=2)
     rng = random.Random(turn)
-    tickets = [ticket(rng) for _ in range(n)]
+    tickets = [(*ticket(rng), f"user-{rng.randint(1, 500)}") for _ in range(n)]
 
     def call(item):
-        text, truth = item
+        text, truth, user = item
         raw = client.chat.completions.with_raw_response.create(
             model=TASK, messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
-            max_tokens=8, temperature=0, user=f"user-{rng.randint(1, 500)}")  # fmt: skip
+            max_tokens=8, temperature=0, user=user)  # fmt: skip
         answer = raw.parse()
         return raw.headers["x-flywheel-interaction-id"], truth, answer.choices[0].message.content or "", answer.model
 

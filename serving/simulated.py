@@ -6,6 +6,7 @@ it appears; it exists so the demo's incumbent is a real HTTP upstream with hones
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 
@@ -22,8 +23,12 @@ def create_app(incumbent: Incumbent = Incumbent(), *, latency_scale: float = 1.0
     async def chat(request: Request) -> dict:
         body = await request.json()
         text = " ".join(str(m.get("content") or "") for m in body.get("messages", []) if m.get("role") == "user")
-        truth = true_queue(text) or rng.choice(list(QUEUES))
-        answer = rng.choice([q for q in QUEUES if q != truth]) if rng.random() < incumbent.error_rate else truth
+        # Which tickets it gets wrong depends on the ticket alone, so a demo run is repeatable
+        # however the app's concurrent calls interleave.
+        draw = int.from_bytes(hashlib.sha256(f"{seed}:{text}".encode()).digest()[:8], "big")
+        truth = true_queue(text) or list(QUEUES)[draw % len(QUEUES)]
+        wrong = [q for q in QUEUES if q != truth]
+        answer = wrong[draw % len(wrong)] if (draw >> 16) % 10_000 < incumbent.error_rate * 10_000 else truth
         await asyncio.sleep(max(0.0, rng.gauss(incumbent.latency_ms, incumbent.latency_ms / 8)) / 1000 * latency_scale)
         prompt_tokens = sum(len(str(m.get("content") or "")) for m in body.get("messages", [])) // 4 + 8
         return {"id": f"sim-{rng.getrandbits(48):x}", "object": "chat.completion", "created": int(time.time()),
