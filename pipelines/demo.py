@@ -127,8 +127,11 @@ def _row(i: int, live: dict, turn: dict) -> dict:
 def _html(rows: list[dict], turns: list[dict], path: Path) -> None:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    charts = "".join(f'<h3>turn {i + 1}</h3><p><a href="{t["report"]}">benchmark report</a></p>'
-                     + "".join(f'<img src="{c}" width="420">' for c in t["charts"])
+    def rel(target: str) -> str:  # links that work wherever the folder is opened from
+        return os.path.relpath(Path(target).resolve(), path.parent.resolve())
+
+    charts = "".join(f'<h3>turn {i + 1}</h3><p><a href="{rel(t["report"])}">benchmark report</a></p>'
+                     + "".join(f'<img src="{rel(c)}" width="420">' for c in t["charts"])
                      for i, t in enumerate(turns) if t["report"])  # fmt: skip
     path.write_text(f"<html><head><meta charset='utf-8'><title>Flywheel demo</title></head><body>"
                     f"<h1>Flywheel demo: {TASK}</h1><p>The incumbent is a SIMULATED provider "
