@@ -18,17 +18,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from flywheel.curate import CurationConfig, CurationError, curate
 from flywheel.settings import load_settings
+from pipelines.retries import retry_unless
 
 
-def _retry_io(task, task_run, state) -> bool:
-    """Retry store and file-system failures, never a `CurationError`."""
-    try:
-        state.result()
-    except CurationError:
-        return False
-    except Exception:
-        return True
-    return False
+# Retry store and file-system failures, never a `CurationError`: trying again cannot fix bad input.
+_retry_io = retry_unless(CurationError)
 
 
 @task(name="load-curation-config")

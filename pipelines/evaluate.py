@@ -18,17 +18,11 @@ from evals.evaluate import evaluate
 from evals.samplers import sampler_from_config
 from evals.types import EvalError, RunFailed
 from flywheel.settings import load_settings
+from pipelines.retries import retry_unless
 
 
-def _retry_io(task, task_run, state) -> bool:
-    """Retry store and file-system failures, never an `EvalError` (bad spec, contamination)."""
-    try:
-        state.result()
-    except EvalError:
-        return False
-    except Exception:
-        return True
-    return False
+# Retry store and file-system failures, never a `EvalError`: trying again cannot fix bad input.
+_retry_io = retry_unless(EvalError)
 
 
 @task(name="run-eval", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_io)
