@@ -41,8 +41,8 @@ def assign(con: Connection, *, project: str, task: str, alias: str, model: str, 
     try:
         previous = con.execute("SELECT model FROM deployments WHERE project = ? AND task = ? AND alias = ?",
                                [project, task, alias]).fetchone()  # fmt: skip
-        # A plain UPDATE, then an INSERT if there was no row: DuckDB's upsert on a keyed table is
-        # a delete + insert underneath, which can fail at commit after repeated updates.
+        # A plain UPDATE, or an INSERT when there was no row, rather than INSERT … ON CONFLICT DO
+        # UPDATE: the upsert failed once under the hot-swap test (masked, not reproduced since).
         if previous:
             con.execute("UPDATE deployments SET model = ?, share = ?, updated_at = now()"
                         " WHERE project = ? AND task = ? AND alias = ?", [model, share, project, task, alias])  # fmt: skip

@@ -18,7 +18,7 @@ from evals.evaluate import evaluate
 from evals.samplers import sampler_from_config
 from evals.types import EvalError, RunFailed
 from flywheel.settings import load_settings
-from pipelines.retries import retry_unless
+from pipelines.tasks import artifact_key, retry_unless
 
 
 # Retry store and file-system failures, never a `EvalError`: trying again cannot fix bad input.
@@ -41,7 +41,7 @@ def run_eval(data_dir: str | None, project: str, task: str, benchmark: str, samp
 
 @task(name="publish-eval-report", retries=2, retry_delay_seconds=2)
 def publish_report(task: str, result: dict[str, Any]) -> None:
-    key = "eval-" + "".join(c if c.isalnum() else "-" for c in task.lower())  # artifact keys: [a-z0-9-]
+    key = artifact_key("eval", task)
     create_markdown_artifact(markdown=result["markdown"], key=key,
                              description=f"Eval of {task}: run {result['candidate_run']}")  # fmt: skip
 

@@ -34,6 +34,7 @@ from flywheel.curation_config import CurationError, DatasetVersion
 from flywheel.settings import Settings, load_settings
 from flywheel.train import Candidate
 from pipelines.loop import Turn, curate_stage, evaluate_stage, promote_stage, service_key, task_settings, train_stage
+from pipelines.tasks import artifact_key
 
 TRIGGER_DEPLOYMENT = "feedback-trigger"
 
@@ -64,11 +65,6 @@ def _retry_io(task, task_run, state) -> bool:
 
 def deployment_name(task_name: str) -> str:
     return f"flywheel-{task_name}"
-
-
-def _artifact_key(task_name: str) -> str:
-    # Artifact keys allow lowercase letters, digits and dashes only.
-    return "flywheel-" + "".join(c if c.isalnum() else "-" for c in task_name.lower())
 
 
 # --- the stages as tasks. NO_CACHE: every turn must really run; a cached curation or training
@@ -164,7 +160,7 @@ def turn_summary(turn: Turn) -> dict[str, Any]:
 @task(name="publish-turn-report", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def publish_task(turn: Turn) -> None:
     verdict = "promoted" if turn.decision and turn.decision.promote else "refused"
-    create_markdown_artifact(markdown=turn_markdown(turn), key=_artifact_key(turn.task),
+    create_markdown_artifact(markdown=turn_markdown(turn), key=artifact_key("flywheel", turn.task),
                              description=f"Flywheel turn of {turn.task}: candidate {turn.candidate.id if turn.candidate else '-'} {verdict}")  # fmt: skip
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from prefect import flow, task
 
+from pipelines.tasks import artifact_key
+
 
 def _logger():
     from prefect.exceptions import MissingContextError
@@ -77,7 +79,7 @@ def publish_card(summary: dict[str, Any], task_name: str) -> None:
     """The model card as a markdown artifact of the flow run."""
     from prefect.artifacts import create_markdown_artifact
 
-    key = "train-" + "".join(c if c.isalnum() else "-" for c in task_name.lower())
+    key = artifact_key("train", task_name)
     create_markdown_artifact(key=key, markdown=(Path(summary["path"]) / "README.md").read_text(), description=f"candidate {summary['id']}")
 
 

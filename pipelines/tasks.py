@@ -1,4 +1,5 @@
-"""When a Prefect task is retried: on failures that trying again can fix, never on bad input."""
+"""What the flows' tasks share: when to retry (failures that trying again can fix, never bad
+input) and how a task name becomes an artifact key."""
 
 from __future__ import annotations
 
@@ -18,3 +19,8 @@ def retry_unless(*permanent: type[BaseException]) -> Callable:
         return False
 
     return condition
+
+
+def artifact_key(prefix: str, task: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return f"{prefix}-" + "".join(c if c.isalnum() else "-" for c in task.lower())
