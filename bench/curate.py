@@ -105,10 +105,19 @@ def bare_scan(db_path: str) -> tuple[float, int]:
     return time.perf_counter() - t0, groups
 
 
+def _forget_versions(db_path: str, home: Path) -> None:
+    """Unregister and delete the versions an earlier run left in a kept folder."""
+    from flywheel import store
+
+    with store.connect(db_path) as con:
+        con.execute("DELETE FROM dataset_interactions; DELETE FROM datasets")
+    shutil.rmtree(home / "datasets", ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--keep", type=Path, default=None, help="Use this data folder and keep it (default: a temp dir).")
+    parser.add_argument("--keep", type=Path, default=None, help="Use this data folder and keep it (default: a temp dir); a kept folder is curated again without regenerating.")
     args = parser.parse_args()
 
     import flywheel.curate as C
@@ -119,14 +128,17 @@ def main() -> None:
     home = args.keep or Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     settings = load_settings(home)
     try:
-        t0 = time.perf_counter()
-        child = mp.get_context("spawn").Process(target=generate, args=(str(settings.db_path), args.rows))
-        child.start()
-        child.join()
-        if child.exitcode:
-            raise SystemExit(f"generation failed ({child.exitcode})")
-        print(f"generated {args.rows:,} interactions in {time.perf_counter() - t0:.1f}s "
-              f"({settings.db_path.stat().st_size / 2**20:,.0f} MiB on disk)")  # fmt: skip
+        if settings.db_path.exists():  # a kept folder: curate its rows again (a fresh version each time)
+            _forget_versions(str(settings.db_path), home)
+        else:
+            t0 = time.perf_counter()
+            child = mp.get_context("spawn").Process(target=generate, args=(str(settings.db_path), args.rows))
+            child.start()
+            child.join()
+            if child.exitcode:
+                raise SystemExit(f"generation failed ({child.exitcode})")
+            print(f"generated {args.rows:,} interactions in {time.perf_counter() - t0:.1f}s "
+                  f"({settings.db_path.stat().st_size / 2**20:,.0f} MiB on disk)")  # fmt: skip
 
         stages: dict[str, float] = {}
 
@@ -142,7 +154,7 @@ def main() -> None:
 
             setattr(module, name, wrapper)
 
-        for module, name in ((C, "_select"), (C, "_prepare"), (C, "_exact_dedup"), (C, "_pii_check"), (C, "_near_dedup"),
+        for module, name in ((C, "_select"), (C, "_prepare"), (C, "_sketch"), (C, "_exact_dedup"), (C, "_pii_check"), (C, "_near_dedup"),
                              (S, "split"), (S, "preference_pairs"), (O, "content_id"), (O, "write_version"), (O, "register")):  # fmt: skip
             timed(module, name)
 

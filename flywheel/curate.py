@@ -27,9 +27,11 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flywheel import store
 from flywheel.curation_config import CurationConfig, CurationError, DatasetVersion
+from flywheel.dedup import Sketch, near_duplicate_groups, sketch
 from flywheel.settings import Settings
 
 __all__ = ["CurationConfig", "CurationError", "DatasetVersion", "curate"]
@@ -58,31 +60,30 @@ SELECT sel.*, fb.correction, fb.thumbs, fb.rating, fb.label
 FROM sel LEFT JOIN fb USING (id)
 """
 
-# Messages as {role, content} structs: `prompt` requests become one user turn, `developer` is a
-# system turn, content given as text parts is joined; anything else (tool calls, images) leaves
-# a NULL content and makes the row malformed for SFT.
+# The request is parsed once against a fixed shape (DuckDB's typed `from_json`, ~15x faster
+# than extracting paths per message). Messages become {role, content} structs: `prompt` requests
+# become one user turn, `developer` is a system turn, content given as text parts is joined;
+# anything else (tool calls, images) leaves a NULL content and makes the row malformed for SFT.
+_REQUEST_SHAPE = '{"messages": [{"role": "VARCHAR", "content": "JSON"}], "prompt": "JSON"}'
 _MESSAGES = """
-list_transform(raw, lambda m: {
-    'role': CASE m ->> '$.role' WHEN 'developer' THEN 'system' ELSE m ->> '$.role' END,
-    'content': CASE json_type(m, '$.content')
-        WHEN 'VARCHAR' THEN m ->> '$.content'
-        WHEN 'ARRAY' THEN CASE WHEN list_bool_and(list_transform(CAST(m -> '$.content' AS JSON[]),
+list_transform(r.messages, lambda m: {
+    'role': CASE m.role WHEN 'developer' THEN 'system' ELSE m.role END,
+    'content': CASE json_type(m.content)
+        WHEN 'VARCHAR' THEN m.content ->> '$'
+        WHEN 'ARRAY' THEN CASE WHEN list_bool_and(list_transform(CAST(m.content AS JSON[]),
                 lambda q: coalesce(json_type(q, '$.text') = 'VARCHAR', false)))
-            THEN array_to_string(list_transform(CAST(m -> '$.content' AS JSON[]), lambda q: q ->> '$.text'), '') END
+            THEN array_to_string(list_transform(CAST(m.content AS JSON[]), lambda q: q ->> '$.text'), '') END
     END})
 """
 _PROMPT_TEXT = "array_to_string(list_transform(prompt, lambda m: m.content), chr(10))"
 _USER_TEXT = "array_to_string(list_transform(list_filter(prompt, lambda m: m.role <> 'system'), lambda m: m.content), chr(10))"
-# Normalised words: case, punctuation and whitespace runs do not make two examples different.
-_PUNCT = ".,;:!?\"'()[]{}<>\n\r\t"
-# (A chain of `replace` is ~6x faster than one `translate` or a regex split in DuckDB 2.0.)
-_NORMALISED = f"lower({_USER_TEXT} || chr(10) || target)"
-for _ch in _PUNCT:
-    _NORMALISED = f"replace({_NORMALISED}, chr({ord(_ch)}), ' ')"
-_WORDS = f"list_filter(string_split({_NORMALISED}, ' '), lambda w: w <> '')"
-
 STAGES = ("failed_call", "negative_feedback", "unlabelled", "malformed", "empty", "oversized",
           "rule_exclude", "rule_include", "exact_duplicate", "pii", "near_duplicate")  # fmt: skip
+
+
+def _blank(column: str) -> str:
+    # (a regex, not trim(x, chars): DuckDB's trim with a character set is ~40x slower)
+    return f"regexp_full_match({column}, '\\s*')"
 
 
 def _naive_utc(ts: datetime | None) -> datetime | None:
@@ -121,18 +122,23 @@ def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig)
                            _rule("target", cfg.response_exclude, params, "rex")) if r]  # fmt: skip
     include = [r for r in (_rule(_PROMPT_TEXT, cfg.prompt_include, params, "pin"),
                            _rule("target", cfg.response_include, params, "rin")) if r]  # fmt: skip
-    con.register("sel", sel)
+    # rid: the row's rank by id, so every run sees the rows in the same order whatever order the
+    # store returned them in (cheaper here than a window in SQL, which sorts every column along).
+    order = pc.sort_indices(sel.column("id")).to_numpy()
+    rid = np.empty(len(order), dtype=np.int64)
+    rid[order] = np.arange(len(order))
+    con.register("sel", sel.append_column("rid", pa.array(rid)))
     con.execute(f"""
     CREATE TABLE rows AS
     WITH b AS (
-        SELECT (row_number() OVER (ORDER BY id) - 1)::BIGINT AS rid, *,
-            CASE WHEN json_type(request, '$.messages') = 'ARRAY' THEN CAST(request -> '$.messages' AS JSON[])
-                 WHEN json_type(request, '$.prompt') = 'VARCHAR'
-                 THEN [json_object('role', 'user', 'content', request ->> '$.prompt')] END AS raw
+        SELECT * EXCLUDE (request),
+            from_json(request, '{_REQUEST_SHAPE}') AS r
         FROM sel
     ), p AS (
-        SELECT * EXCLUDE (raw, request), {_MESSAGES} AS prompt,
-            coalesce(trim(correction, ' ' || chr(9) || chr(10) || chr(13)) <> '', false) AS corrected,
+        SELECT * EXCLUDE (r),
+            CASE WHEN r.messages IS NOT NULL THEN {_MESSAGES}
+                 WHEN json_type(r.prompt) = 'VARCHAR' THEN [{{'role': 'user', 'content': r.prompt ->> '$'}}] END AS prompt,
+            coalesce(NOT {_blank('correction')}, false) AS corrected,
             CASE WHEN thumbs = false OR rating <= $bad THEN 'bad'
                  WHEN thumbs OR rating >= $good THEN 'good' END AS verdict
         FROM b
@@ -146,15 +152,16 @@ def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig)
         FROM p
     )
     SELECT *,
-        NOT malformed AND trim(prompt[-1].content, ' ' || chr(9) || chr(10) || chr(13)) = '' AS empty_prompt,
+        NOT malformed AND {_blank('prompt[-1].content')} AS empty_prompt,
         CASE WHEN malformed THEN NULL ELSE hash(lower({_USER_TEXT})) END AS pkey,
         CASE
             WHEN status <> 'ok' THEN 'failed_call'
             WHEN NOT corrected AND verdict = 'bad' THEN 'negative_feedback'
             WHEN NOT corrected AND verdict IS NULL AND NOT $keep THEN 'unlabelled'
             WHEN malformed THEN 'malformed'
-            WHEN trim(prompt[-1].content, ' ' || chr(9) || chr(10) || chr(13)) = '' OR trim(target, ' ' || chr(9) || chr(10) || chr(13)) = '' THEN 'empty'
-            WHEN ceil((length({_PROMPT_TEXT}) + length(target)) / $cpt) > $max_tokens THEN 'oversized'
+            WHEN {_blank('prompt[-1].content')} OR {_blank('target')} THEN 'empty'
+            WHEN ceil((list_sum(list_transform(prompt, lambda m: length(m.content) + 1)) - 1 + length(target)) / $cpt) > $max_tokens
+              THEN 'oversized'
             WHEN {' OR '.join(exclude) or 'false'} THEN 'rule_exclude'
             WHEN NOT ({' AND '.join(include) or 'true'}) THEN 'rule_include'
         END AS dropped,
@@ -170,31 +177,54 @@ def _drop(con, rids: np.ndarray | pa.Array, reason: str) -> None:
     con.unregister("_d")
 
 
-def _exact_dedup(con) -> None:
-    # The best-labelled member of each group stays: correction > good feedback > none, then a
-    # label, then the newest; the id breaks ties so the choice is the same on every run.
-    # (MATERIALIZED: else DuckDB tokenises inside the window's sort, 2.5x slower.)
-    losers = con.sql(f"""
-        WITH k AS MATERIALIZED (
-            SELECT rid, hash({_WORDS}) AS key, quality, label, ts, id FROM rows WHERE dropped IS NULL)
+def _sketch(con, cfg: CurationConfig) -> Sketch:
+    """Exact keys and MinHash signatures of the rows still in play, in one pass over their
+    normalised text (the user turns and the target), streamed from DuckDB in batches."""
+    n = con.execute("SELECT count(*) FROM rows").fetchall()[0][0]
+    reader = con.sql(f"""
+        SELECT rid, lower({_USER_TEXT} || chr(10) || target) AS text
+        FROM rows WHERE dropped IS NULL""").to_arrow_reader(batch_size=100_000)  # fmt: skip
+    return sketch(((batch.column(0).to_numpy(), batch.column(1)) for batch in reader), n,
+                  threshold=cfg.near_dup_threshold, shingle_size=cfg.shingle_size, num_perm=cfg.num_perm, seed=cfg.seed)  # fmt: skip
+
+
+def _in_play(con) -> np.ndarray:
+    return con.sql("SELECT rid FROM rows WHERE dropped IS NULL").fetchnumpy()["rid"]
+
+
+def _drop_all_but_best(con, groups: pa.Table, reason: str) -> None:
+    """In each group of `groups` (rid, grp), drop all but the best-labelled member: correction >
+    good feedback > none, then a label, then the newest; the id breaks ties, so the choice is the
+    same on every run."""
+    con.register("_g", groups)
+    losers = con.sql("""
         SELECT rid FROM (
-            SELECT rid, row_number() OVER (PARTITION BY key ORDER BY quality DESC, label IS NULL, ts DESC, id) AS n
-            FROM k)
+            SELECT rid, row_number() OVER (PARTITION BY _g.grp ORDER BY quality DESC, label IS NULL, ts DESC, id) AS n
+            FROM rows JOIN _g USING (rid))
         WHERE n > 1""").to_arrow_table()  # fmt: skip
-    _drop(con, losers.column("rid"), "exact_duplicate")
+    con.unregister("_g")
+    _drop(con, losers.column("rid"), reason)
+
+
+def _exact_dedup(con, sk: Sketch) -> None:
+    rids = _in_play(con)
+    _drop_all_but_best(con, pa.table({"rid": rids, "grp": sk.exact[rids]}), "exact_duplicate")
 
 
 def _pii_check(con, kinds: list[str] | None, chunk: int = 256) -> None:
     """Flag records (prompt, response, correction) that still contain PII: SFT survivors and
-    preference-pair candidates. One `contains_pii` call scans a chunk of records joined; only a
-    chunk that hits is re-scanned record by record, so clean traffic costs one pass over its text."""
-    from flywheel.pii import contains_pii
+    preference-pair candidates. DuckDB picks the few records that may hold PII (a superset test,
+    `flywheel.pii.suspect_sql`); the Python patterns decide on those, a chunk of records per call,
+    re-scanning record by record only a chunk that hits."""
+    from flywheel.pii import contains_pii, suspect_sql
 
     kinds_set = frozenset(kinds) if kinds else None
     table = con.sql(f"""
-        SELECT rid, {_PROMPT_TEXT} || chr(10) || response || chr(10) || coalesce(correction, '') AS text
-        FROM rows
-        WHERE dropped IS NULL OR (status = 'ok' AND NOT malformed AND (corrected OR verdict IS NOT NULL))
+        SELECT rid, text FROM (
+            SELECT rid, {_PROMPT_TEXT} || chr(10) || response || chr(10) || coalesce(correction, '') AS text
+            FROM rows
+            WHERE dropped IS NULL OR (status = 'ok' AND NOT malformed AND (corrected OR verdict IS NOT NULL)))
+        WHERE {suspect_sql('text')}
         ORDER BY rid""").to_arrow_table()  # fmt: skip
     rids = table.column("rid").to_numpy()
     texts = table.column("text").to_pylist()
@@ -210,32 +240,16 @@ def _pii_check(con, kinds: list[str] | None, chunk: int = 256) -> None:
         con.unregister("_p")
 
 
-def _near_dedup(con, cfg: CurationConfig) -> None:
-    from flywheel.dedup import near_duplicate_groups
-
-    rids = con.sql("SELECT rid FROM rows WHERE dropped IS NULL ORDER BY rid").fetchnumpy()["rid"]
-    reader = con.sql(f"""
-        SELECT list_transform({_WORDS}, lambda w: hash(w)) AS h
-        FROM rows WHERE dropped IS NULL ORDER BY rid""").to_arrow_reader(batch_size=50_000)  # fmt: skip
-
-    def batches():
-        pos = 0
-        for batch in reader:
-            yield np.arange(pos, pos + batch.num_rows), batch.column(0)
-            pos += batch.num_rows
-
-    groups = near_duplicate_groups(batches(), len(rids), threshold=cfg.near_dup_threshold,
-                                   shingle_size=cfg.shingle_size, num_perm=cfg.num_perm, seed=cfg.seed)  # fmt: skip
-    con.register("_g", pa.table({"rid": rids, "grp": rids[groups]}))
+def _near_dedup(con, cfg: CurationConfig, sk: Sketch) -> None:
+    rids = _in_play(con)
+    in_play = np.zeros(len(sk.valid), dtype=bool)
+    in_play[rids] = True
+    groups = pa.table({"rid": rids, "grp": near_duplicate_groups(sk, in_play, cfg.near_dup_threshold)[rids]})
+    con.register("_g", groups)
     con.execute("UPDATE rows SET grp = _g.grp FROM _g WHERE rows.rid = _g.rid")
     con.unregister("_g")
     if cfg.near_dup_drop:
-        losers = con.sql("""
-            SELECT rid FROM (
-                SELECT rid, row_number() OVER (PARTITION BY grp ORDER BY quality DESC, label IS NULL, ts DESC, id) AS n
-                FROM rows WHERE dropped IS NULL)
-            WHERE n > 1""").to_arrow_table()  # fmt: skip
-        _drop(con, losers.column("rid"), "near_duplicate")
+        _drop_all_but_best(con, groups, "near_duplicate")
 
 
 def _counts(con) -> dict[str, int]:
@@ -262,13 +276,18 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
     sel = _select(settings, project, task, since, until)
 
     con = duckdb.connect()  # in memory: the store is closed while we work
+    # Never checkpoint this scratch database: a checkpoint compresses the 1M-row table (seconds)
+    # only for the next UPDATE to touch it.
+    con.execute("SET checkpoint_threshold = '1TB'")
     try:
         _prepare(con, sel, cfg)
         del sel
-        _exact_dedup(con)
+        sk = _sketch(con, cfg)
+        _exact_dedup(con, sk)
         if cfg.pii_check:
             _pii_check(con, cfg.pii_kinds)
-        _near_dedup(con, cfg)
+        _near_dedup(con, cfg, sk)
+        del sk
         counts = _counts(con)
         if counts["kept"] < cfg.min_examples:
             stages = ", ".join(f"{k} {v}" for k, v in counts.items() if v)

@@ -1,25 +1,28 @@
-"""Near-duplicate detection for curation: MinHash signatures, LSH banding, connected components.
+"""Duplicate detection for curation: one pass over the text, then exact keys and MinHash + LSH.
 
-Why not one `datasketch.MinHash` per row: that is a Python call per example and K hash passes
-per shingle (≈100 µs a row, minutes at a million rows). Here the work is vectorised over a whole
-batch of rows with numpy, and each shingle is hashed once:
+A million examples must dedup in seconds, so neither a Python call per example (one
+`datasketch.MinHash` is ≈100 µs) nor a list of token hashes per example (a gigabyte) will do.
+`sketch` runs one compiled pass (numba, parallel over examples) over the raw UTF-8 bytes and
+gives each example, at once:
 
-- *one-permutation MinHash* (Li, Owen & Zhang 2012): one hash per shingle, its top bits pick one
-  of K bins, each bin keeps its minimum. Empty bins are filled by *rotation densification*
-  (Shrivastava & Li 2014) so two signatures agree in a bin with probability ≈ their Jaccard
-  similarity, which is what LSH banding needs;
-- *LSH banding*: b bands of r bins (b·r ≤ K, chosen to minimise false positives + negatives at
-  the threshold, as datasketch does); rows sharing a band bucket become candidate pairs;
-- *verification*: a candidate pair is kept when its estimated Jaccard (16 bits per bin) reaches
-  the threshold; the groups are the connected components of the kept pairs.
+- its *exact key*: a hash of its normalised words (split on whitespace and punctuation; the
+  caller lower-cases), so case, punctuation and spacing do not make two examples different;
+- its *one-permutation MinHash* (Li, Owen & Zhang 2012) over k-word shingles: one hash per
+  shingle, its top bits pick one of K bins, each bin keeps its minimum. Empty bins are filled by
+  *rotation densification* (Shrivastava & Li 2014) so two signatures agree in a bin with
+  probability ≈ their Jaccard similarity, which is what LSH banding needs;
+- its *LSH band keys*: b bands of r bins (b·r ≤ K, chosen to minimise false positives + negatives
+  at the threshold, as datasketch does).
 
-Input is the per-row list of token hashes (DuckDB computes them); shingles are k consecutive tokens.
+`near_duplicate_groups` then links rows sharing a band bucket, keeps a candidate pair when its
+estimated Jaccard (16 bits a bin) reaches the threshold, and returns the connected components.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -27,15 +30,102 @@ _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)
 _M1 = _U64(0xBF58476D1CE4E5B9)
 _M2 = _U64(0x94D049BB133111EB)
+_FNV_OFFSET = _U64(0xCBF29CE484222325)
+_FNV_PRIME = _U64(0x100000001B3)
+_EMPTY = np.uint32(0xFFFFFFFF)
+
+# Bytes that end a word: ASCII whitespace and punctuation. Other bytes (letters, digits, symbols,
+# every byte of a non-ASCII character) are word characters.
+SEPARATORS = " \t\n\r\f\v.,;:!?\"'()[]{}<>"
+_SEP = np.zeros(256, dtype=np.uint8)
+_SEP[[ord(c) for c in SEPARATORS]] = 1
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
+@numba.njit(inline="always")
+def _mix64(x):
     """splitmix64 finaliser: spreads every input bit over the output (uint64 arithmetic wraps)."""
     x = x ^ (x >> _U64(30))
     x = x * _M1
     x = x ^ (x >> _U64(27))
     x = x * _M2
     return x ^ (x >> _U64(31))
+
+
+@numba.njit(inline="always")
+def _add_shingle(sig, sh, seed_mix, bits):
+    hv = _mix64(sh ^ seed_mix)
+    b = np.int64(hv >> _U64(64 - bits))
+    v = np.uint32((hv >> _U64(32 - bits)) & _U64(0xFFFFFFFF))
+    if v < sig[b]:
+        sig[b] = v
+
+
+@numba.njit(parallel=True, cache=True)
+def _sketch_kernel(data, offsets, rows, sep, k, bits, r, seed_mix, exact, keys, sig16, valid):  # pragma: no cover
+    num_perm = 1 << bits
+    bands = keys.shape[1]
+    chunks = 64  # parallel over chunks of rows: the work buffers are allocated once a chunk
+    for chunk in numba.prange(chunks):
+        sig = np.empty(num_perm, dtype=np.uint32)
+        filled = np.empty(num_perm, dtype=np.uint32)
+        ring = np.zeros(k, dtype=np.uint64)
+        for i in range(chunk * len(rows) // chunks, (chunk + 1) * len(rows) // chunks):
+            row = rows[i]
+            sig[:] = _EMPTY
+            ntok = 0
+            slot = 0  # where the next word goes in the ring of the last k words
+            words = _U64(0)
+            h = _FNV_OFFSET
+            in_word = False
+            end = offsets[i + 1]
+            for p in range(offsets[i], end + 1):
+                c = data[p] if p < end else np.uint8(32)
+                if sep[c]:
+                    if in_word:
+                        ring[slot] = h
+                        slot = slot + 1 if slot + 1 < k else 0
+                        ntok += 1
+                        words = words * _GOLDEN + _mix64(h)
+                        if ntok >= k:
+                            sh = _U64(0)
+                            for d in range(k):  # oldest first: the ring's next slot
+                                sh = sh * _GOLDEN + ring[slot + d if slot + d < k else slot + d - k]
+                            _add_shingle(sig, sh, seed_mix, bits)
+                        in_word = False
+                else:
+                    if not in_word:
+                        h = _FNV_OFFSET
+                        in_word = True
+                    h = (h ^ _U64(c)) * _FNV_PRIME
+            if 0 < ntok < k:  # a row shorter than a shingle is one shingle of all its words
+                sh = _U64(0)
+                for d in range(ntok):
+                    sh = sh * _GOLDEN + ring[d]
+                _add_shingle(sig, sh, seed_mix, bits)
+            valid[row] = ntok > 0
+            exact[row] = _mix64(words ^ _U64(ntok))
+            # Rotation densification: an empty bin takes the next non-empty bin to its right
+            # (circularly), mixed with the distance, so two rows agree there only when both
+            # borrow the same value from the same distance. A row without words stays all zero.
+            if ntok == 0:
+                filled[:] = 0
+            else:
+                nxt, dist = _EMPTY, 0
+                for jj in range(2 * num_perm - 1, -1, -1):  # right to left, twice for the wrap-around
+                    j = jj - num_perm if jj >= num_perm else jj
+                    if sig[j] != _EMPTY:
+                        nxt, dist = sig[j], 0
+                    else:
+                        dist += 1
+                    if jj < num_perm:
+                        filled[j] = nxt if dist == 0 else (nxt ^ np.uint32(dist * 0x9E3779B1)) * np.uint32(0x85EBCA6B)
+            for j in range(num_perm):
+                sig16[row, j] = np.uint16(filled[j] & np.uint32(0xFFFF))
+            for b in range(bands):
+                acc = _U64(b + 1)
+                for j in range(b * r, (b + 1) * r):
+                    acc = acc * _GOLDEN + _U64(filled[j])
+                keys[row, b] = _mix64(acc)
 
 
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
@@ -53,84 +143,52 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def shingle_hashes(tokens: pa.ListArray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of the k-token shingles of each row: (row index per shingle, shingle hash).
+@dataclass
+class Sketch:
+    """Per row 0..n-1: exact key, LSH band keys, 16-bit MinHash signature, and whether it has words."""
 
-    A row shorter than k tokens is one shingle of all its tokens; a row with no tokens has none.
-    """
-    tokens = tokens.combine_chunks() if isinstance(tokens, pa.ChunkedArray) else tokens
-    offsets = tokens.offsets.to_numpy().astype(np.int64)
-    offsets = offsets - offsets[0]
-    h = tokens.values.to_numpy(zero_copy_only=False).astype(_U64, copy=False)
-    h = h[: offsets[-1]]
-    n = len(offsets) - 1
-    lens = np.diff(offsets)
-    # Roll a polynomial hash over windows of k tokens (DuckDB's token hashes are already well
-    # mixed; `signatures` mixes the result); windows crossing a row end are masked out.
-    acc = h.copy()
-    for d in range(1, k):
-        acc[:-d] *= _GOLDEN
-        acc[:-d] += h[d:]
-    row = np.repeat(np.arange(n, dtype=np.int64), lens)
-    start_ok = (offsets[1:][row] - np.arange(len(h))) >= k
-    rows, sh = row[start_ok], acc[start_ok]
-    short = np.flatnonzero((lens > 0) & (lens < k))
-    if len(short):
-        # A short row's single shingle: the ordered mix of its tokens.
-        short_hash = np.zeros(len(short), dtype=_U64)
-        for d in range(int(lens[short].max())):
-            has = lens[short] > d
-            short_hash[has] = short_hash[has] * _GOLDEN + h[offsets[short[has]] + d]
-        rows = np.concatenate([rows, short])
-        sh = np.concatenate([sh, short_hash])
-    return rows, sh
+    exact: np.ndarray  # (n,) uint64
+    keys: np.ndarray  # (n, bands) uint64
+    sig16: np.ndarray  # (n, num_perm) uint16
+    valid: np.ndarray  # (n,) bool
 
 
-def signatures(rows: np.ndarray, shingles: np.ndarray, n: int, num_perm: int, seed: int) -> np.ndarray:
-    """Densified one-permutation MinHash signatures, shape (n, num_perm), uint32.
+def _utf8(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets) of a string array, zero-copy; a null is an empty text."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if texts.null_count:
+        texts = texts.fill_null("")
+    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    _, offsets, data = texts.buffers()
+    offsets = np.frombuffer(offsets, dtype=width)[texts.offset : texts.offset + len(texts) + 1].astype(np.int64)
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
+    return data, offsets
 
-    Rows without shingles get an all-zero signature; callers exclude them from LSH.
-    """
+
+def sketch(batches, n: int, *, threshold: float, shingle_size: int = 3, num_perm: int = 128, seed: int = 0) -> Sketch:
+    """Sketch rows 0..n-1 from batches of (row indices, lower-cased texts); rows never given
+    stay invalid (no words)."""
     bits = int(num_perm).bit_length() - 1
-    if 1 << bits != num_perm:
-        raise ValueError(f"num_perm must be a power of two, got {num_perm}")
-    hv = _mix64(shingles ^ _mix64(np.array([seed + 1], dtype=_U64)))
-    bins = (hv >> _U64(64 - bits)).astype(np.int64) if bits else np.zeros(len(hv), dtype=np.int64)
-    vals = ((hv >> _U64(max(0, 32 - bits))) & _U64(0xFFFFFFFF)).astype(np.uint32)
-    empty = np.uint32(0xFFFFFFFF)
-    sig = np.full(n * num_perm, empty, dtype=np.uint32)
-    np.minimum.at(sig, rows * num_perm + bins, vals)
-    # Rotation densification: an empty bin takes the next non-empty bin to its right (circularly),
-    # mixed with the distance, so two rows agree there only when both borrow the same value from
-    # the same distance. Walk the bins right to left twice (for the wrap-around) carrying the last
-    # value seen: K vector steps over the batch instead of (n, K) index arrays.
-    cols = np.ascontiguousarray(sig.reshape(n, num_perm).T)  # (K, n): one contiguous row per bin
-    out = cols.copy()
-    carry = np.full(n, empty, dtype=np.uint32)
-    dist = np.zeros(n, dtype=np.uint32)
-    for j in range(2 * num_perm - 1, -1, -1):
-        c = j % num_perm
-        has = cols[c] != empty
-        dist += np.uint32(1)
-        carry = np.where(has, cols[c], carry)
-        dist[has] = 0
-        if j < num_perm:
-            filled = (carry ^ (dist * np.uint32(0x9E3779B1))) * np.uint32(0x85EBCA6B)
-            out[c] = np.where(has, cols[c], filled)
-    sig = np.ascontiguousarray(out.T)
-    sig[carry == empty] = 0  # rows without any shingle
-    return sig
+    if num_perm < 8 or 1 << bits != num_perm:
+        raise ValueError(f"num_perm must be a power of two >= 8, got {num_perm}")
+    bands, r = lsh_params(threshold, num_perm)
+    out = Sketch(np.zeros(n, _U64), np.zeros((n, bands), _U64), np.zeros((n, num_perm), np.uint16), np.zeros(n, bool))
+    seed_mix = _U64(int(_mix64_py(seed + 1)))
+    for rows, texts in batches:
+        data, offsets = _utf8(texts)
+        _sketch_kernel(data, offsets, np.asarray(rows, np.int64), _SEP, shingle_size, bits, r, seed_mix,
+                       out.exact, out.keys, out.sig16, out.valid)  # fmt: skip
+    return out
 
 
-def band_keys(sig: np.ndarray, bands: int, rows_per_band: int) -> np.ndarray:
-    """One uint64 bucket key per (row, band), shape (n, bands)."""
-    keys = np.empty((sig.shape[0], bands), dtype=_U64)
-    for b in range(bands):
-        acc = np.full(sig.shape[0], _U64(b + 1), dtype=_U64)
-        for c in range(b * rows_per_band, (b + 1) * rows_per_band):
-            acc = acc * _GOLDEN + sig[:, c].astype(_U64)
-        keys[:, b] = _mix64(acc)
-    return keys
+def _mix64_py(x: int) -> int:
+    m = (1 << 64) - 1
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & m
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
 
 
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,8 +211,9 @@ def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
         members.append(rs[dup])
     if not heads:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    pairs = np.unique(np.stack([np.concatenate(heads), np.concatenate(members)], axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1]
+    n = np.int64(len(valid))
+    codes = np.unique(np.concatenate(heads) * n + np.concatenate(members))
+    return codes // n, codes % n
 
 
 def estimated_jaccard(sig16: np.ndarray, u: np.ndarray, v: np.ndarray, chunk: int = 65_536) -> np.ndarray:
@@ -188,29 +247,9 @@ def components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return labels
 
 
-def near_duplicate_groups(
-    batches: Iterable[tuple[np.ndarray, pa.ListArray]],
-    n: int,
-    *,
-    threshold: float,
-    shingle_size: int = 3,
-    num_perm: int = 128,
-    seed: int = 0,
-) -> np.ndarray:
-    """Group label (lowest member's row index) for rows 0..n-1, from batches of
-    (row indices, token-hash lists). Rows without tokens stay alone."""
-    bands, r = lsh_params(threshold, num_perm)
-    keys = np.zeros((n, bands), dtype=_U64)
-    sig16 = np.zeros((n, num_perm), dtype=np.uint16)  # 16 bits a bin is plenty to estimate Jaccard
-    valid = np.zeros(n, dtype=bool)
-    for idx, tokens in batches:
-        rows, sh = shingle_hashes(tokens, shingle_size)
-        sig = signatures(rows, sh, len(idx), num_perm, seed)
-        keys[idx] = band_keys(sig, bands, r)
-        sig16[idx] = (sig & np.uint32(0xFFFF)).astype(np.uint16)
-        has = np.zeros(len(idx), dtype=bool)
-        has[rows] = True
-        valid[idx] = has
-    u, v = candidate_pairs(keys, valid)
-    keep = estimated_jaccard(sig16, u, v) >= threshold
-    return components(n, u[keep], v[keep])
+def near_duplicate_groups(sk: Sketch, rows: np.ndarray, threshold: float) -> np.ndarray:
+    """Group label (lowest member's row index) for rows 0..n-1, linking only `rows` (a boolean
+    mask: the examples still in play) whose estimated Jaccard reaches `threshold`."""
+    u, v = candidate_pairs(sk.keys, sk.valid & rows)
+    keep = estimated_jaccard(sk.sig16, u, v) >= threshold
+    return components(len(rows), u[keep], v[keep])

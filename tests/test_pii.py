@@ -6,10 +6,11 @@ import random
 import time
 from collections import Counter
 
+import duckdb
 import pytest
 from pii_cases import card, clean_corpus, iban, planted_corpus
 
-from flywheel.pii import KINDS, contains_pii, redact
+from flywheel.pii import KINDS, contains_pii, redact, suspect_sql
 
 
 def test_recall_per_kind_on_planted_values():
@@ -105,3 +106,16 @@ def test_adversarial_input_stays_fast(unit):
     start = time.perf_counter()
     redact(text)
     assert time.perf_counter() - start < 1.0  # linear: 5-150 ms per 100 KB here, never quadratic
+
+
+def test_suspect_sql_flags_every_text_with_pii():
+    """Curation re-checks only the texts DuckDB flags: the predicate must never miss PII."""
+    texts = [sentence for sentence, _, _ in planted_corpus(1400, seed=1)] + clean_corpus(1000, seed=1)
+    texts += ["mail jörg@example.de", "ip 1.2.3.4", "a::1", "1:2:3:4:5:6:7:8", "GB82WEST12345698765432",
+              "(555) 123-4567", "+1 2 3 4 5 6 7 8 9 0", "plain words only, nothing to see"]  # fmt: skip
+    flagged = duckdb.sql(f"SELECT t, {suspect_sql('t')} FROM (SELECT unnest($texts) AS t)",
+                         params={"texts": texts}).fetchall()  # fmt: skip
+    missed = [t for t, suspect in flagged if not suspect and contains_pii(t)]
+    assert not missed, missed[:5]
+    assert sum(contains_pii(t) for t in texts) >= 1400  # the corpus does hold PII
+    assert not dict(flagged)["plain words only, nothing to see"]
