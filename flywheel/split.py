@@ -101,10 +101,10 @@ def preference_pairs(con, enabled: bool = True) -> dict[str, int]:
     ), ch AS (
         SELECT pkey, first(prompt ORDER BY q DESC, ts DESC, id) AS prompt,
             first(text ORDER BY q DESC, ts DESC, id) AS text, first(id ORDER BY q DESC, ts DESC, id) AS id
-        FROM chosen WHERE NOT regexp_full_match(text, '\s*') GROUP BY pkey
+        FROM chosen WHERE NOT regexp_full_match(text, '\\s*') GROUP BY pkey
     ), rj AS (
         SELECT pkey, first(text ORDER BY q DESC, ts DESC, id) AS text, first(id ORDER BY q DESC, ts DESC, id) AS id
-        FROM rejected WHERE NOT regexp_full_match(text, '\s*') GROUP BY pkey
+        FROM rejected WHERE NOT regexp_full_match(text, '\\s*') GROUP BY pkey
     )
     SELECT ch.prompt, [{{'role': 'assistant', 'content': ch.text}}] AS chosen,
         [{{'role': 'assistant', 'content': rj.text}}] AS rejected, ch.id AS chosen_id, rj.id AS rejected_id, pkey
