@@ -5,17 +5,19 @@ Every model Flywheel trains is only as good as this step, so each stage is expli
     select (one short read of the store)
     → targets: a correction beats the logged response; negative feedback without one is dropped
     → filters: failed calls, malformed messages, empty, oversized, regex rules      (SQL)
-    → exact dedup (normalised text hash)                                            (SQL)
-    → PII re-check: a record that still holds PII after ingestion redaction         (flywheel.pii)
-    → near dedup (MinHash + LSH, flywheel.dedup), keeping the best-labelled member
+    → exact keys and MinHash signatures: one compiled pass over the text    (flywheel.dedup)
+    → exact dedup (normalised words), keeping the best-labelled member              (SQL)
+    → PII re-check: a record that still holds PII after ingestion redaction  (flywheel.pii_scan, .pii)
+    → near dedup (MinHash + LSH), keeping the best-labelled member
     → leak-free split (flywheel.split) and DPO preference pairs
     → content hash → files (flywheel.curation_output) → `datasets` record with lineage
 
 The store is opened three times, briefly: to read the selection into Arrow, to see whether the
 version exists, and to register it (DESIGN: nobody keeps the file longer than one unit of work;
 the ingestion server is waiting). All work in between runs on an in-memory DuckDB over Arrow,
-set-at-a-time; the only per-row Python is the PII re-check, and it scans a chunk of rows per
-call. The config and result types live in `flywheel.curation_config`.
+set-at-a-time, and in numba over Arrow's bytes; no Python runs per row except the PII patterns,
+on the few records a compiled scan flags as possibly holding PII. (1M interactions: ~17 s, ~3.3 GB peak,
+`bench/curate.py`.) The config and result types live in `flywheel.curation_config`.
 """
 
 from __future__ import annotations
@@ -213,28 +215,29 @@ def _exact_dedup(con, sk: Sketch) -> None:
 
 def _pii_check(con, kinds: list[str] | None, chunk: int = 256) -> None:
     """Flag records (prompt, response, correction) that still contain PII: SFT survivors and
-    preference-pair candidates. DuckDB picks the few records that may hold PII (a superset test,
-    `flywheel.pii.suspect_sql`); the Python patterns decide on those, a chunk of records per call,
+    preference-pair candidates. A compiled superset test (`flywheel.pii_scan`) picks the few
+    records that may hold PII; the Python patterns decide on those, a chunk of records per call,
     re-scanning record by record only a chunk that hits."""
-    from flywheel.pii import contains_pii, suspect_sql
+    from flywheel.pii import contains_pii
+    from flywheel.pii_scan import suspects
 
     kinds_set = frozenset(kinds) if kinds else None
-    table = con.sql(f"""
-        SELECT rid, text FROM (
-            SELECT rid, {_PROMPT_TEXT} || chr(10) || response || chr(10) || coalesce(correction, '') AS text
-            FROM rows
-            WHERE dropped IS NULL OR (status = 'ok' AND NOT malformed AND (corrected OR verdict IS NOT NULL)))
-        WHERE {suspect_sql('text')}
-        ORDER BY rid""").to_arrow_table()  # fmt: skip
-    rids = table.column("rid").to_numpy()
-    texts = table.column("text").to_pylist()
+    reader = con.sql(f"""
+        SELECT rid, {_PROMPT_TEXT} || chr(10) || response || chr(10) || coalesce(correction, '') AS text
+        FROM rows
+        WHERE dropped IS NULL OR (status = 'ok' AND NOT malformed AND (corrected OR verdict IS NOT NULL))
+        """).to_arrow_reader(batch_size=100_000)  # fmt: skip
     hits = []
-    for start in range(0, len(texts), chunk):
-        block = texts[start : start + chunk]
-        if contains_pii("\n\n".join(block), kinds_set):
-            hits.extend(start + i for i, text in enumerate(block) if contains_pii(text, kinds_set))
+    for batch in reader:
+        flagged = np.flatnonzero(suspects(batch.column(1)))
+        rids = batch.column(0).to_numpy()[flagged]
+        texts = batch.column(1).take(pa.array(flagged)).to_pylist()
+        for start in range(0, len(texts), chunk):
+            block = texts[start : start + chunk]
+            if contains_pii("\n\n".join(block), kinds_set):
+                hits.extend(rids[start + i] for i, text in enumerate(block) if contains_pii(text, kinds_set))
     if hits:
-        con.register("_p", pa.table({"rid": pa.array(rids[hits], pa.int64())}))
+        con.register("_p", pa.table({"rid": pa.array(hits, pa.int64())}))
         con.execute("UPDATE rows SET has_pii = true FROM _p WHERE rows.rid = _p.rid")
         con.execute("UPDATE rows SET dropped = 'pii' WHERE has_pii AND dropped IS NULL")
         con.unregister("_p")

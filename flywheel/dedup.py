@@ -153,7 +153,7 @@ class Sketch:
     valid: np.ndarray  # (n,) bool
 
 
-def _utf8(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def utf8(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, offsets) of a string array, zero-copy; a null is an empty text."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
@@ -176,7 +176,7 @@ def sketch(batches, n: int, *, threshold: float, shingle_size: int = 3, num_perm
     out = Sketch(np.zeros(n, _U64), np.zeros((n, bands), _U64), np.zeros((n, num_perm), np.uint16), np.zeros(n, bool))
     seed_mix = _U64(int(_mix64_py(seed + 1)))
     for rows, texts in batches:
-        data, offsets = _utf8(texts)
+        data, offsets = utf8(texts)
         _sketch_kernel(data, offsets, np.asarray(rows, np.int64), _SEP, shingle_size, bits, r, seed_mix,
                        out.exact, out.keys, out.sig16, out.valid)  # fmt: skip
     return out

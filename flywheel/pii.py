@@ -92,21 +92,6 @@ _NUM = re.compile(r"""(?<![\w.+/-])(?:
 )""", re.X)
 
 
-# A text that `redact` would change matches this RE2 pattern (DuckDB's regexp_matches) or holds
-# 7+ colons: a cheap superset test, so curation runs the Python patterns only on the few records
-# that could hold PII. Each alternative is a necessary condition of one kind: '@' (e-mail), a run
-# of 16 token characters (secrets), '::' (IPv6; else 7+ colons), four digits no more than two
-# characters apart (phone, card, SSN, IPv4), two capitals and two digits (IBAN).
-# tests/test_pii.py checks it against every planted value.
-SUSPECT_RE2 = r"@|::|[A-Za-z0-9_-]{16}|[0-9][^0-9]{0,2}[0-9][^0-9]{0,2}[0-9][^0-9]{0,2}[0-9]|[A-Z]{2}[0-9]{2}"
-
-
-def suspect_sql(column: str) -> str:
-    """A DuckDB predicate on `column` that is true for every text that may contain PII."""
-    return (f"(regexp_matches({column}, '{SUSPECT_RE2}') "
-            f"OR length({column}) - length(replace({column}, ':', '')) >= 7)")  # fmt: skip
-
-
 def redact(text: str, kinds: frozenset[str] | None = None) -> tuple[str, int]:
     """Return text with each PII value replaced by a typed placeholder like <EMAIL>, and how many were replaced. kinds=None means all."""
     if kinds is None:
