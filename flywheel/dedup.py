@@ -53,28 +53,32 @@ def _mix64(x):
 
 @numba.njit(inline="always")
 def _add_shingle(sig, sh, seed_mix, bits):
-    hv = _mix64(sh ^ seed_mix)
+    # The shingle hash is already a mix of mixed word hashes: one multiply and shift spread it.
+    hv = (sh ^ seed_mix) * _M2
+    hv ^= hv >> _U64(29)
     b = np.int64(hv >> _U64(64 - bits))
-    v = np.uint32((hv >> _U64(32 - bits)) & _U64(0xFFFFFFFF))
-    if v < sig[b]:
-        sig[b] = v
+    sig[b] = min(sig[b], np.uint32((hv >> _U64(32 - bits)) & _U64(0xFFFFFFFF)))  # (branch-free)
 
 
 @numba.njit(parallel=True, cache=True)
 def _sketch_kernel(data, offsets, rows, sep, k, bits, r, seed_mix, exact, keys, sig16, valid):  # pragma: no cover
     num_perm = 1 << bits
     bands = keys.shape[1]
+    golden_k = _U64(1)  # _GOLDEN ** k: what the word leaving a shingle weighs in the rolling hash
+    for _ in range(k):
+        golden_k = golden_k * _GOLDEN
     chunks = 64  # parallel over chunks of rows: the work buffers are allocated once a chunk
     for chunk in numba.prange(chunks):
         sig = np.empty(num_perm, dtype=np.uint32)
         filled = np.empty(num_perm, dtype=np.uint32)
-        ring = np.zeros(k, dtype=np.uint64)
+        ring = np.zeros(k, dtype=np.uint64)  # the last k word hashes
         for i in range(chunk * len(rows) // chunks, (chunk + 1) * len(rows) // chunks):
             row = rows[i]
             sig[:] = _EMPTY
             ntok = 0
-            slot = 0  # where the next word goes in the ring of the last k words
-            words = _U64(0)
+            slot = 0  # where the next word goes in the ring
+            words = _U64(0)  # polynomial hash of all words: the exact key
+            shingle = _U64(0)  # rolling polynomial hash of the last k words
             h = _FNV_OFFSET
             in_word = False
             end = offsets[i + 1]
@@ -82,15 +86,16 @@ def _sketch_kernel(data, offsets, rows, sep, k, bits, r, seed_mix, exact, keys, 
                 c = data[p] if p < end else np.uint8(32)
                 if sep[c]:
                     if in_word:
-                        ring[slot] = h
+                        word = _mix64(h)
+                        shingle = shingle * _GOLDEN + word
+                        if ntok >= k:
+                            shingle -= ring[slot] * golden_k
+                        ring[slot] = word
                         slot = slot + 1 if slot + 1 < k else 0
                         ntok += 1
-                        words = words * _GOLDEN + _mix64(h)
+                        words = words * _GOLDEN + word
                         if ntok >= k:
-                            sh = _U64(0)
-                            for d in range(k):  # oldest first: the ring's next slot
-                                sh = sh * _GOLDEN + ring[slot + d if slot + d < k else slot + d - k]
-                            _add_shingle(sig, sh, seed_mix, bits)
+                            _add_shingle(sig, shingle, seed_mix, bits)
                         in_word = False
                 else:
                     if not in_word:
@@ -98,10 +103,7 @@ def _sketch_kernel(data, offsets, rows, sep, k, bits, r, seed_mix, exact, keys, 
                         in_word = True
                     h = (h ^ _U64(c)) * _FNV_PRIME
             if 0 < ntok < k:  # a row shorter than a shingle is one shingle of all its words
-                sh = _U64(0)
-                for d in range(ntok):
-                    sh = sh * _GOLDEN + ring[d]
-                _add_shingle(sig, sh, seed_mix, bits)
+                _add_shingle(sig, shingle, seed_mix, bits)
             valid[row] = ntok > 0
             exact[row] = _mix64(words ^ _U64(ntok))
             # Rotation densification: an empty bin takes the next non-empty bin to its right
