@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -33,8 +33,10 @@ import pyarrow.compute as pc
 
 from flywheel import store
 from flywheel.curation_config import CurationConfig, CurationError, DatasetVersion
-from flywheel.dedup import Sketch, near_duplicate_groups, sketch
 from flywheel.settings import Settings
+
+if TYPE_CHECKING:  # numba (in flywheel.dedup) is imported only when a curation runs
+    from flywheel.dedup import Sketch
 
 __all__ = ["CurationConfig", "CurationError", "DatasetVersion", "curate"]
 
@@ -182,6 +184,8 @@ def _drop(con, rids: np.ndarray | pa.Array, reason: str) -> None:
 def _sketch(con, cfg: CurationConfig) -> Sketch:
     """Exact keys and MinHash signatures of the rows still in play, in one pass over their
     normalised text (the user turns and the target), streamed from DuckDB in batches."""
+    from flywheel.dedup import sketch
+
     n = con.execute("SELECT count(*) FROM rows").fetchall()[0][0]
     reader = con.sql(f"""
         SELECT rid, lower({_USER_TEXT} || chr(10) || target) AS text
@@ -244,6 +248,8 @@ def _pii_check(con, kinds: list[str] | None, chunk: int = 256) -> None:
 
 
 def _near_dedup(con, cfg: CurationConfig, sk: Sketch) -> None:
+    from flywheel.dedup import near_duplicate_groups
+
     rids = _in_play(con)
     in_play = np.zeros(len(sk.valid), dtype=bool)
     in_play[rids] = True
