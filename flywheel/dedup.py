@@ -176,21 +176,12 @@ def sketch(batches, n: int, *, threshold: float, shingle_size: int = 3, num_perm
         raise ValueError(f"num_perm must be a power of two >= 8, got {num_perm}")
     bands, r = lsh_params(threshold, num_perm)
     out = Sketch(np.zeros(n, _U64), np.zeros((n, bands), _U64), np.zeros((n, num_perm), np.uint16), np.zeros(n, bool))
-    seed_mix = _U64(int(_mix64_py(seed + 1)))
+    seed_mix = _U64(_mix64(_U64(seed + 1)))  # (numba returns a Python int)
     for rows, texts in batches:
         data, offsets = utf8(texts)
         _sketch_kernel(data, offsets, np.asarray(rows, np.int64), _SEP, shingle_size, bits, r, seed_mix,
                        out.exact, out.keys, out.sig16, out.valid)  # fmt: skip
     return out
-
-
-def _mix64_py(x: int) -> int:
-    m = (1 << 64) - 1
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & m
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & m
-    return x ^ (x >> 31)
 
 
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
