@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 
 from flywheel.curate import CurationConfig, CurationError, curate
 from flywheel.settings import load_settings
-from pipelines.tasks import artifact_key, retry_unless
+from pipelines.tasks import publish_markdown, retry_unless
 
 
 # Retry store and file-system failures, never a `CurationError`: trying again cannot fix bad input.
@@ -42,10 +41,7 @@ def curate_dataset(data_dir: str | None, project: str, task: str, config: Curati
 
 @task(name="publish-curation-report", retries=2, retry_delay_seconds=2)
 def publish_report(task: str, version: dict[str, Any]) -> None:
-    # Artifact keys allow lowercase letters, digits and dashes only.
-    key = artifact_key("curation", task)
-    create_markdown_artifact(markdown=version["report"], key=key,
-                             description=f"Curation of {task}: dataset version {version['id']}")  # fmt: skip
+    publish_markdown("curation", task, version["report"], f"Curation of {task}: dataset version {version['id']}")
 
 
 @flow(name="curate")

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 
 from evals.evaluate import evaluate
 from evals.samplers import sampler_from_config
 from evals.types import EvalError, RunFailed
 from flywheel.settings import load_settings
-from pipelines.tasks import artifact_key, retry_unless
+from pipelines.tasks import publish_markdown, retry_unless
 
 
 # Retry store and file-system failures, never a `EvalError`: trying again cannot fix bad input.
@@ -41,9 +40,7 @@ def run_eval(data_dir: str | None, project: str, task: str, benchmark: str, samp
 
 @task(name="publish-eval-report", retries=2, retry_delay_seconds=2)
 def publish_report(task: str, result: dict[str, Any]) -> None:
-    key = artifact_key("eval", task)
-    create_markdown_artifact(markdown=result["markdown"], key=key,
-                             description=f"Eval of {task}: run {result['candidate_run']}")  # fmt: skip
+    publish_markdown("eval", task, result["markdown"], f"Eval of {task}: run {result['candidate_run']}")
 
 
 @flow(name="eval")

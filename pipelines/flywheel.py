@@ -26,7 +26,6 @@ from typing import Any
 
 import httpx
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flywheel import store
@@ -34,7 +33,7 @@ from flywheel.curation_config import CurationError, DatasetVersion
 from flywheel.settings import Settings, load_settings
 from flywheel.train import Candidate
 from pipelines.loop import Turn, curate_stage, evaluate_stage, promote_stage, service_key, task_settings, train_stage
-from pipelines.tasks import artifact_key
+from pipelines.tasks import publish_markdown
 
 TRIGGER_DEPLOYMENT = "feedback-trigger"
 
@@ -160,8 +159,8 @@ def turn_summary(turn: Turn) -> dict[str, Any]:
 @task(name="publish-turn-report", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def publish_task(turn: Turn) -> None:
     verdict = "promoted" if turn.decision and turn.decision.promote else "refused"
-    create_markdown_artifact(markdown=turn_markdown(turn), key=artifact_key("flywheel", turn.task),
-                             description=f"Flywheel turn of {turn.task}: candidate {turn.candidate.id if turn.candidate else '-'} {verdict}")  # fmt: skip
+    publish_markdown("flywheel", turn.task, turn_markdown(turn),
+                     f"Flywheel turn of {turn.task}: candidate {turn.candidate.id if turn.candidate else '-'} {verdict}")
 
 
 @flow(name="flywheel")

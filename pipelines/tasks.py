@@ -1,9 +1,11 @@
 """What the flows' tasks share: when to retry (failures that trying again can fix, never bad
-input) and how a task name becomes an artifact key."""
+input) and how a flow publishes its report as a Prefect artifact."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from prefect.artifacts import create_markdown_artifact
 
 
 def retry_unless(*permanent: type[BaseException]) -> Callable:
@@ -21,6 +23,8 @@ def retry_unless(*permanent: type[BaseException]) -> Callable:
     return condition
 
 
-def artifact_key(prefix: str, task: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return f"{prefix}-" + "".join(c if c.isalnum() else "-" for c in task.lower())
+def publish_markdown(prefix: str, task: str, markdown: str, description: str) -> None:
+    """A markdown artifact keyed `<prefix>-<task>`, so each task's latest report is one key."""
+    # Prefect artifact keys allow lowercase letters, digits and dashes only.
+    key = f"{prefix}-" + "".join(c if c.isalnum() else "-" for c in task.lower())
+    create_markdown_artifact(markdown=markdown, key=key, description=description)

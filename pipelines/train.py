@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from pipelines.tasks import artifact_key
+from pipelines.tasks import publish_markdown
 
 
 def _logger():
@@ -77,10 +77,7 @@ def train_candidate(
 @task(name="publish-card")
 def publish_card(summary: dict[str, Any], task_name: str) -> None:
     """The model card as a markdown artifact of the flow run."""
-    from prefect.artifacts import create_markdown_artifact
-
-    key = artifact_key("train", task_name)
-    create_markdown_artifact(key=key, markdown=(Path(summary["path"]) / "README.md").read_text(), description=f"candidate {summary['id']}")
+    publish_markdown("train", task_name, (Path(summary["path"]) / "README.md").read_text(), f"candidate {summary['id']}")
 
 
 @flow(name="train")
