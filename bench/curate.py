@@ -126,6 +126,7 @@ def main() -> None:
     import flywheel.curate as C
     import flywheel.split as S
     from flywheel.dedup import sketch
+    from flywheel.pii_scan import suspects
     from flywheel import curation_output as O
     from flywheel.settings import load_settings
 
@@ -162,8 +163,9 @@ def main() -> None:
                              (S, "split"), (S, "preference_pairs"), (O, "content_id"), (O, "write_version"), (O, "register")):  # fmt: skip
             timed(module, name)
 
-        # numba compiles the sketch kernel once per installation (cached on disk); not part of a run.
+        # numba compiles the kernels once per installation (cached on disk); not part of a run.
         sketch([(np.arange(1), pa.array(["warm up"]))], 1, threshold=0.8)
+        suspects(pa.array(["warm up"]))
         scan_s, groups = bare_scan(str(settings.db_path))
         t0 = time.perf_counter()
         version = C.curate(settings, task="support", config=C.CurationConfig())

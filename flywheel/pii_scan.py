@@ -53,7 +53,7 @@ def _suspects(data, offsets, cls, out):  # pragma: no cover (compiled)
                 capitals = capitals + 1 if k & 4 else 0
             if k & 8:  # '@', or ':' (IPv6: '::' or 7 colons)
                 colons += c == 58
-                hit = hit or c == 64 or colons >= 7 or (c == 58 and p >= 2 and data[p - 2] == 58 and p - 2 >= offsets[i])
+                hit = hit or c == 64 or colons >= 7 or (c == 58 and p - 2 >= offsets[i] and data[p - 2] == 58)
         out[i] = hit
 
 
