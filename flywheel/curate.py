@@ -12,9 +12,9 @@ Every model Flywheel trains is only as good as this step, so each stage is expli
     → leak-free split (flywheel.split) and DPO preference pairs
     → content hash → files (flywheel.curation_output) → `datasets` record with lineage
 
-The store is opened three times, briefly: to read the selection into Arrow, to see whether the
-version exists, and to register it (DESIGN: nobody keeps the file longer than one unit of work;
-the ingestion server is waiting). All work in between runs on an in-memory DuckDB over Arrow,
+The store is opened three times, briefly: to read the selection (and the sides earlier versions
+gave it) into Arrow, to see whether the version exists, and to register it (DESIGN: nobody keeps
+the file longer than one unit of work; the ingestion server is waiting). All work in between runs on an in-memory DuckDB over Arrow,
 set-at-a-time, and in numba over Arrow's bytes; no Python runs per row except the PII patterns,
 on the few records a compiled scan flags as possibly holding PII. (1M interactions: ~17 s, ~3.3 GB peak,
 `bench/curate.py`.) The config and result types live in `flywheel.curation_config`.
@@ -64,6 +64,14 @@ SELECT sel.*, fb.correction, fb.thumbs, fb.rating, fb.label
 FROM sel LEFT JOIN fb USING (id)
 """
 
+# Every interaction an earlier version of the task split, and whether any held it out.
+HISTORY_SQL = """
+SELECT di.interaction_id AS id, bool_or(di.split = 'eval') AS was_eval
+FROM dataset_interactions di JOIN datasets d ON d.id = di.dataset_id
+WHERE d.project = $project AND d.task = $task AND di.split IN ('train', 'eval')
+GROUP BY di.interaction_id
+"""
+
 # The request is parsed once against a fixed shape (DuckDB's typed `from_json`, ~15x faster
 # than extracting paths per message). Messages become {role, content} structs: `prompt` requests
 # become one user turn, `developer` is a system turn, content given as text parts is joined;
@@ -101,7 +109,9 @@ def _rule(column: str, patterns: list[str], params: dict, name: str) -> str | No
     return f"regexp_matches({column}, ${name})"
 
 
-def _select(settings: Settings, project: str, task: str, since, until) -> pa.Table:
+def _select(settings: Settings, project: str, task: str, since, until) -> tuple[pa.Table, pa.Table]:
+    """The selection, and the side earlier versions of the task gave each interaction (for the
+    sticky split: `flywheel.split`)."""
     params = {"project": project, "task": task, "since": since, "until": until}
     if not Path(settings.db_path).exists():
         raise CurationError(f"no Flywheel database at {settings.db_path}: nothing to curate")
@@ -110,11 +120,12 @@ def _select(settings: Settings, project: str, task: str, since, until) -> pa.Tab
         if table.num_rows == 0:
             known = [t for (t,) in con.execute(
                 "SELECT DISTINCT task FROM interactions WHERE project = ? ORDER BY task", [project]).fetchall()]
+        history = con.sql(HISTORY_SQL, params={"project": project, "task": task}).to_arrow_table()
     if table.num_rows == 0:
         if task not in known:
             raise CurationError(f"unknown task {task!r} in project {project!r}; known tasks: {', '.join(known) or 'none'}")
         raise CurationError(f"no interactions of task {task!r} between {since or 'the start'} and {until or 'now'}")
-    return table
+    return table, history
 
 
 def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig) -> None:
@@ -282,7 +293,7 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
 
     cfg = config or CurationConfig()
     since, until = _naive_utc(since), _naive_utc(until)
-    sel = _select(settings, project, task, since, until)
+    sel, history = _select(settings, project, task, since, until)
 
     con = duckdb.connect()  # in memory: the store is closed while we work
     # Never checkpoint this scratch database: a checkpoint compresses the 1M-row table (seconds)
@@ -302,7 +313,7 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
             stages = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
             raise CurationError(f"only {counts['kept']} examples of task {task!r} survive curation, fewer than "
                                 f"min_examples={cfg.min_examples} ({stages})")  # fmt: skip
-        counts.update(split(con, cfg))
+        counts.update(split(con, cfg, history))
         counts.update(preference_pairs(con, cfg.preference_pairs))
         counts["corrections"] = con.execute("SELECT count(*) FROM rows WHERE dropped IS NULL AND corrected").fetchall()[0][0]
 

@@ -85,7 +85,8 @@ def report_markdown(version_id: str, project: str, task: str, counts: dict[str, 
     lines += [f"| **kept for SFT** | | **{counts['kept']:,}** |", "",
               "| split | examples |", "|---|---:|",
               f"| train | {counts.get('train', 0):,} |", f"| eval | {counts.get('eval', 0):,} |", "",
-              f"Split units (sessions / dedup groups / prompts, never across sides): {counts.get('split_units', 0):,}. "
+              f"Split units (sessions / dedup groups / prompts, never across sides): {counts.get('split_units', 0):,}, "
+              f"of which {counts.get('split_carried', 0):,} kept the side an earlier version gave them. "
               f"Targets taken from corrections: {counts.get('corrections', 0):,}.", "",
               f"Preference pairs: {counts.get('preference_pairs', 0):,} "
               f"(dropped: {counts.get('preference_eval_overlap', 0):,} with an eval prompt; "

@@ -7,6 +7,12 @@ ordered by a stable hash (md5 of seed and the unit's lowest session id or intera
 Python's salted `hash`) and, when the task has feedback labels, the eval share is taken per
 label, so a rare label is held out in proportion. Both functions work on the `rows` table that
 `flywheel.curate` builds in its in-memory DuckDB.
+
+The split is sticky across versions: a benchmark built from version N's eval side must stay
+clean for a model trained on version N+1. So a unit holding an interaction that an earlier
+version of the task put on the eval side, or the prompt of one, stays on the eval side; a unit
+an earlier version trained on stays on the train side; only new units are ranked, and they fill
+what is left of each label's eval share.
 """
 
 from __future__ import annotations
@@ -17,16 +23,30 @@ import pyarrow as pa
 from flywheel.dedup import components
 
 
+_NO_HISTORY = pa.table({"id": pa.array([], pa.string()), "was_eval": pa.array([], pa.bool_())})
+
+
 class LeakError(AssertionError):
     """A session, near-duplicate group or prompt ended up on both sides: a bug, never bad input."""
 
 
-def split(con, cfg) -> dict[str, int]:
-    """Set `rows.split` to 'train' or 'eval' for the kept rows; return the counts."""
+def split(con, cfg, history: pa.Table | None = None) -> dict[str, int]:
+    """Set `rows.split` to 'train' or 'eval' for the kept rows; return the counts.
+
+    `history`: (id, was_eval) of the interactions earlier versions of the task split, or None.
+    """
+    con.register("_history", history if history is not None else _NO_HISTORY)
+    # `was`: the side an earlier version gave the row (eval also when an earlier eval row, even
+    # one dropped now, had the same prompt: the contamination guard matches prompts).
     con.execute("""
         CREATE TEMP TABLE k AS
-        SELECT (row_number() OVER (ORDER BY rid) - 1)::BIGINT AS k, rid, id, session_id, grp, pkey, label
-        FROM rows WHERE dropped IS NULL""")  # fmt: skip
+        WITH h AS (SELECT rows.rid, rows.pkey, _history.was_eval FROM rows JOIN _history USING (id)),
+        held_out AS (SELECT DISTINCT pkey FROM h WHERE was_eval AND pkey IS NOT NULL)
+        SELECT (row_number() OVER (ORDER BY rows.rid) - 1)::BIGINT AS k, rows.rid, id, session_id, grp, rows.pkey, label,
+            CASE WHEN h.was_eval OR rows.pkey IN (SELECT pkey FROM held_out) THEN 'eval'
+                 WHEN NOT h.was_eval THEN 'train' END AS was
+        FROM rows LEFT JOIN h USING (rid) WHERE dropped IS NULL""")  # fmt: skip
+    con.unregister("_history")
     # Each row links to the lowest row of its session, of its near-dup group and of its prompt.
     links = con.sql("""
         SELECT k,
@@ -39,17 +59,23 @@ def split(con, cfg) -> dict[str, int]:
     v = np.concatenate([links["s"], links["g"], links["p"]])
     con.register("_c", pa.table({"k": links["k"], "unit": components(n, u, v)}))
     stratify = cfg.stratify_by_label and con.execute("SELECT count(label) > 0 FROM k").fetchall()[0][0]
+    # A unit that merges rows of both sides (a new session or near-dup link) goes to eval: moving
+    # trained-on rows into eval only costs benchmark rows, the other way round leaks them.
     con.execute(f"""
         CREATE TEMP TABLE units AS
         WITH u AS (
-            SELECT unit, min(coalesce(session_id, id)) AS unit_key, {'min(label)' if stratify else 'NULL'} AS stratum
+            SELECT unit, min(coalesce(session_id, id)) AS unit_key, {'min(label)' if stratify else 'NULL'} AS stratum,
+                CASE WHEN bool_or(was = 'eval') THEN 'eval' WHEN bool_or(was = 'train') THEN 'train' END AS carried
             FROM k JOIN _c USING (k) GROUP BY unit
+        ), q AS (
+            SELECT *,
+                round($frac * count(*) OVER (PARTITION BY stratum))
+                    - count(CASE WHEN carried = 'eval' THEN 1 END) OVER (PARTITION BY stratum) AS open,
+                row_number() OVER (PARTITION BY stratum, carried ORDER BY md5($seed || ':' || unit_key), unit_key) AS r
+            FROM u
         )
-        SELECT unit, CASE WHEN
-                row_number() OVER (PARTITION BY stratum ORDER BY md5($seed || ':' || unit_key), unit_key)
-                <= round($frac * count(*) OVER (PARTITION BY stratum))
-            THEN 'eval' ELSE 'train' END AS split
-        FROM u""", {"seed": str(cfg.seed), "frac": cfg.eval_fraction})  # fmt: skip
+        SELECT unit, carried, coalesce(carried, CASE WHEN r <= open THEN 'eval' ELSE 'train' END) AS split
+        FROM q""", {"seed": str(cfg.seed), "frac": cfg.eval_fraction})  # fmt: skip
     con.execute("""
         UPDATE rows SET split = s.split
         FROM (SELECT k.rid, units.split FROM k JOIN _c USING (k) JOIN units USING (unit)) s
@@ -57,9 +83,9 @@ def split(con, cfg) -> dict[str, int]:
     con.unregister("_c")
     _assert_leak_free(con)
     counts = dict(con.execute("SELECT split, count(*) FROM rows WHERE dropped IS NULL GROUP BY split").fetchall())
-    units = con.execute("SELECT count(*) FROM units").fetchall()[0][0]
+    units, carried = con.execute("SELECT count(*), count(carried) FROM units").fetchall()[0]
     con.execute("DROP TABLE k; DROP TABLE units")
-    return {"train": counts.get("train", 0), "eval": counts.get("eval", 0), "split_units": units}
+    return {"train": counts.get("train", 0), "eval": counts.get("eval", 0), "split_units": units, "split_carried": carried}
 
 
 def _assert_leak_free(con) -> None:

@@ -3,6 +3,7 @@ idempotent versions and bad input — on a real DuckDB file filled with batched 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from datetime import datetime, timedelta
@@ -234,6 +235,43 @@ def test_split_is_stratified_by_label(settings):
     version = curate(settings, task="support", config=CurationConfig(min_examples=5, eval_fraction=0.1))
     ev = sft_rows(version, "eval")
     assert sorted(r["label"] for r in ev) == ["billing"] * 8 + ["outage"] * 2
+
+
+def test_split_is_sticky_across_versions(settings):
+    """Data grows between versions; a benchmark built from the first version's eval side must
+    stay clean for a model trained on the second (the contamination guard's check)."""
+    from evals.contamination import training_prompt_hashes
+    from evals.spec import prompt_hash
+
+    rng = random.Random(12)
+    first_rows = [dict(r, session_id=None) for r in background(rng, 60)]
+    fill(settings, first_rows)
+    cfg = CurationConfig(min_examples=5, eval_fraction=0.3)
+    first = curate(settings, task="support", config=cfg)
+    eval1 = {r["interaction_id"]: r for r in sft_rows(first, "eval")}
+    train1 = {r["interaction_id"] for r in sft_rows(first, "train")}
+    assert len(eval1) == 18 and first.counts["split_carried"] == 0
+    # More traffic: 90 new examples whose ids all rank inside the held-out share of the split
+    # hash (so a fresh split would move most old held-out examples to train), and the prompt of
+    # one held-out example asked again while its first answer now has a thumbs-down (dropped:
+    # only the new row carries the prompt).
+    rank = lambda key: hashlib.md5(f"{cfg.seed}:{key}".encode()).hexdigest()  # noqa: E731
+    cutoff = max(map(rank, eval1))
+    ahead = [i for i in (f"n{k}" for k in range(2_000)) if rank(i) < cutoff][:90]
+    new_rows = [interaction(i, sentence(rng, 25), sentence(rng, 20), minute=5) for i in ahead]
+    asked_again = sorted(eval1)[0]
+    prompt = next(r["content"] for r in eval1[asked_again]["messages"] if r["role"] == "user")
+    fill(settings, new_rows + [interaction("again", prompt, sentence(rng, 20), minute=5)], [fb(asked_again, "thumbs", False)])
+    second = curate(settings, task="support", config=cfg)
+    side = {r["interaction_id"]: split for split in ("train", "eval") for r in sft_rows(second, split)}
+    assert side["again"] == "eval" and asked_again not in side
+    assert all(side[i] == "eval" for i in eval1 if i != asked_again)
+    assert all(side[i] == "train" for i in train1)
+    assert second.counts["split_carried"] == 60  # 17 eval + 42 train + "again"
+    # The eval share is topped up from the new units: 30% of all 150 units.
+    assert second.counts["eval"] == round(0.3 * second.counts["split_units"]) == 45
+    trained = training_prompt_hashes(second.path)
+    assert not {prompt_hash(r["messages"][:-1]) for r in eval1.values()} & trained
 
 
 def test_assert_leak_free_catches_a_crossing_session():
