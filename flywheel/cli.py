@@ -55,6 +55,13 @@ def _settings(data_dir: Path | None) -> Settings:
         fail(f"invalid settings: {exc}", 2)
 
 
+def _database(settings: Settings) -> Path:
+    """The database file, or exit 2 when the data folder has none."""
+    if not settings.db_path.exists():
+        fail(f"--data-dir: no Flywheel database in {settings.home} (run `flywheel init`)", 2)
+    return settings.db_path
+
+
 def _new_key(settings: Settings, project: str) -> str:
     from flywheel.keys import create_key
 
@@ -95,6 +102,34 @@ def keys_create(project: Annotated[str, typer.Option(help="The project the key r
     typer.echo(_new_key(_settings(data_dir), project))
 
 
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List the keys by prefix: project, created, revoked (the keys themselves are not stored)."""
+    from flywheel.keys import list_keys
+
+    with store.connect(_database(_settings(data_dir)), read_only=True) as con:
+        rows = list_keys(con)
+    typer.echo(f"{'prefix':<12} {'project':<20} {'created (UTC)':<20} revoked (UTC)")
+    for prefix, project, created, revoked in rows:
+        typer.echo(f"{prefix:<12} {project:<20} {created:%Y-%m-%d %H:%M:%S}  {f'{revoked:%Y-%m-%d %H:%M:%S}' if revoked else '-'}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key, or its prefix as `flywheel keys list` shows it.")],
+                data_dir: DataDir = None) -> None:
+    """Revoke a key: a running service refuses it within `key_refresh_s` (default 5 s)."""
+    from flywheel.keys import revoke_key
+
+    try:
+        with store.connect(_database(_settings(data_dir))) as con:
+            prefix = revoke_key(con, key)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    except store.StoreBusy as exc:
+        fail(str(exc))
+    typer.echo(f"revoked {prefix}")
+
+
 @app.command()
 def serve(data_dir: DataDir = None,
           host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
@@ -118,8 +153,7 @@ def status(data_dir: DataDir = None, task: Annotated[str | None, typer.Option(he
     from rich.table import Table
 
     settings = _settings(data_dir)
-    if not settings.db_path.exists():
-        fail(f"no Flywheel data in {settings.home} (run `flywheel init`)")
+    _database(settings)
     where, params = ("WHERE task = ?", [task]) if task else ("", [])
     with store.connect(settings.db_path, read_only=True) as con:
         rows = con.execute(
@@ -214,15 +248,15 @@ def eval_(task: Task, model: Annotated[str, typer.Option(help="The model to benc
     if spec is None:
         fail(f"--benchmark: task {task!r} has no benchmark in [tasks.{task}]; pass a spec file", 2)
     project = cfg.project if cfg else "default"
-    key = service_key(settings, project)
     baseline = baseline or production_model(settings, project, task)
-    sampler = EndpointSampler(f"{settings.url}/v1", model, api_key=key)
-    incumbent = EndpointSampler(f"{settings.url}/v1", baseline, api_key=key) if baseline else None
-    try:
-        report = evaluate(settings, project=project, task=task, benchmark=spec, sampler=sampler,
-                          baseline_sampler=incumbent, progress=True)  # fmt: skip
-    except EvalError as exc:
-        fail(str(exc), 2)
+    with service_key(settings, project) as key:
+        sampler = EndpointSampler(f"{settings.url}/v1", model, api_key=key)
+        incumbent = EndpointSampler(f"{settings.url}/v1", baseline, api_key=key) if baseline else None
+        try:
+            report = evaluate(settings, project=project, task=task, benchmark=spec, sampler=sampler,
+                              baseline_sampler=incumbent, progress=True)  # fmt: skip
+        except EvalError as exc:
+            fail(str(exc), 2)
     typer.echo(report.markdown)
     typer.echo(f"report: {report.html_path}")
     if report.candidate.status != "done":
@@ -247,12 +281,13 @@ def promote(task: Task, model: Annotated[str, typer.Option(help="A ready candida
     if row is not None and row[0] != "ready":
         fail(f"--model: candidate {model!r} is {row[0]}; only a ready candidate can serve", 2)
     route = settings.tasks[task].route if task in settings.tasks else None
-    load = http_loader(settings.url, service_key(settings, project), route) if row else (lambda name, path: None)
-    try:
-        run(settings, project=project, task=task, model=model, path=row[1] if row else "", alias=alias, share=share,
-            decision=Decision(True, [reason], {"manual": True}), load=load)  # fmt: skip
-    except (PromotionError, ValueError) as exc:
-        fail(str(exc))
+    with service_key(settings, project) as key:
+        load = http_loader(settings.url, key, route) if row else (lambda name, path: None)
+        try:
+            run(settings, project=project, task=task, model=model, path=row[1] if row else "", alias=alias, share=share,
+                decision=Decision(True, [reason], {"manual": True}), load=load)  # fmt: skip
+        except (PromotionError, ValueError) as exc:
+            fail(str(exc))
     typer.echo(f"{task}{'' if alias == 'production' else ':' + alias} → {model}")
 
 

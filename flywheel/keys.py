@@ -1,4 +1,6 @@
-"""API keys: one project each, stored only as a SHA-256 hash, shown once when created."""
+"""API keys: one project each, stored only as a SHA-256 hash, shown once when created, listed by
+prefix and revoked by prefix (a running service stops accepting a revoked key within
+`key_refresh_s`)."""
 
 from __future__ import annotations
 
@@ -32,3 +34,27 @@ def create_key(con: Connection, project: str) -> str:
 def active_keys(con: Connection) -> dict[str, str]:
     """key hash -> project, for every key not revoked."""
     return dict(con.execute("SELECT key_hash, project FROM api_keys WHERE revoked_at IS NULL").fetchall())
+
+
+def list_keys(con: Connection) -> list[tuple]:
+    """(prefix, project, created_at, revoked_at) of every key, newest first."""
+    return con.execute("SELECT prefix, project, created_at, revoked_at FROM api_keys ORDER BY created_at DESC, prefix").fetchall()
+
+
+def revoke_key(con: Connection, key: str) -> str:
+    """Revoke one active key, given whole or by its listed prefix; return the prefix.
+
+    Raises ValueError when no active key matches, or a prefix matches more than one.
+    """
+    matches = con.execute(
+        "SELECT key_hash, prefix FROM api_keys WHERE revoked_at IS NULL"
+        " AND (key_hash = ? OR (length(?) <= length(prefix) AND starts_with(prefix, ?)))",
+        [hash_key(key), key, key],
+    ).fetchall()
+    if not matches:
+        shown = key if len(key) <= 10 else key[:10] + "…"  # never echo a whole key
+        raise ValueError(f"key: no active key matches {shown!r} (see `flywheel keys list`)")
+    if len(matches) > 1:
+        raise ValueError(f"key: {len(matches)} active keys start with {key!r}; give more of it or the whole key")
+    con.execute("UPDATE api_keys SET revoked_at = current_timestamp WHERE key_hash = ?", [matches[0][0]])
+    return matches[0][1]

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `flywheel serve` binds.")
     port: int = Field(8000, description="Port `flywheel serve` binds.")
     redact_pii: bool = Field(True, description="Default PII redaction for projects without an override.")
+    key_refresh_s: float = Field(5.0, gt=0, description="How often a running service re-reads API keys: a revoked "
+                                 "key stops working within this time.")
     projects: dict[str, ProjectSettings] = Field(default_factory=dict, description="Per-project settings.")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)

@@ -169,8 +169,7 @@ def run_demo(home: Path, *, turns: int = 2, per_turn: int = 600, console: Consol
         settings = load_settings(home)
         with store.connect(settings.db_path) as con:
             assign(con, project=PROJECT, task=TASK, alias="production", model="incumbent", reason="the app's provider today")
-        key = service_key(settings, PROJECT)
-        with running(settings) as url:
+        with service_key(settings, PROJECT) as key, running(settings) as url:
             console.print(f"gateway at {url}; the app's OpenAI client now uses base_url={url}/v1, model={TASK!r}")
             for i in range(1, turns + 1):
                 with console.status(f"turn {i}: the app sends {per_turn} tickets through the gateway"):

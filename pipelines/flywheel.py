@@ -70,11 +70,6 @@ def deployment_name(task_name: str) -> str:
 # would silently replay an old turn (and Settings need not be hashable).
 
 
-@task(name="service-key", retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
-def key_task(settings: Settings, project: str) -> str:
-    return service_key(settings, project)
-
-
 @task(name="curate", retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
 def curate_task(settings: Settings, task_name: str) -> DatasetVersion:
     return curate_stage(settings, task_name)
@@ -168,11 +163,11 @@ def flywheel_flow(task: str, data_dir: str | None = None) -> dict:
     """One turn of the loop for `task`; the Flywheel service for `data_dir` must be running."""
     settings = load_settings(data_dir)
     cfg = task_settings(settings, task)  # an unknown task fails the run at once, with the reason
-    key = key_task(settings, cfg.project)
-    dataset = curate_task(settings, task)
-    candidate = train_task(settings, task, dataset)
-    turn = evaluate_task(settings, task, dataset, candidate, key)
-    turn = promote_task(settings, turn, key)
+    with service_key(settings, cfg.project) as key:  # revoked when the turn's service calls are done
+        dataset = curate_task(settings, task)
+        candidate = train_task(settings, task, dataset)
+        turn = evaluate_task(settings, task, dataset, candidate, key)
+        turn = promote_task(settings, turn, key)
     publish_task(turn)
     return turn_summary(turn)
 

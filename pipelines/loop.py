@@ -8,6 +8,9 @@ through the serving tier (loaded there under its id first), against whatever hol
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,12 @@ import httpx
 from flywheel import store
 from flywheel.curate import CurationConfig, DatasetVersion, curate
 from flywheel.deployments import deployments
-from flywheel.keys import create_key
+from flywheel.keys import create_key, revoke_key
 from flywheel.promotion import Decision, Evidence, GateConfig, decide, http_loader, promote
 from flywheel.settings import Settings, TaskSettings
 from flywheel.train import Candidate, TrainingError, train
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,10 +42,19 @@ class Turn:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def service_key(settings: Settings, project: str) -> str:
-    """A key for the loop's own calls to the service (stored hashed like any other)."""
+@contextmanager
+def service_key(settings: Settings, project: str) -> Iterator[str]:
+    """A key for the loop's own calls to the service, revoked when they are done."""
     with store.connect(settings.db_path) as con:
-        return create_key(con, project)
+        key = create_key(con, project)
+    try:
+        yield key
+    finally:
+        try:
+            with store.connect(settings.db_path) as con:
+                revoke_key(con, key)
+        except store.StoreBusy as exc:  # the work itself is done: report, do not fail it
+            log.warning("service key %s… not revoked (%s): run `flywheel keys revoke %s`", key[:10], exc, key[:10])
 
 
 def task_settings(settings: Settings, task: str) -> TaskSettings:
@@ -128,8 +142,8 @@ def promote_stage(settings: Settings, turn: Turn, *, key: str) -> Turn:
 def run_turn(settings: Settings, task: str) -> Turn:
     """One whole turn for `task`, with the service of `settings` running."""
     cfg = task_settings(settings, task)
-    key = service_key(settings, cfg.project)
-    dataset = curate_stage(settings, task)
-    candidate = train_stage(settings, task, dataset)
-    turn = evaluate_stage(settings, task, dataset, candidate, key=key)
-    return promote_stage(settings, turn, key=key)
+    with service_key(settings, cfg.project) as key:
+        dataset = curate_stage(settings, task)
+        candidate = train_stage(settings, task, dataset)
+        turn = evaluate_stage(settings, task, dataset, candidate, key=key)
+        return promote_stage(settings, turn, key=key)

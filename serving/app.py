@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Flywheel", version="0.1.0", lifespan=lifespan,
                   description="Ingestion, feedback and OpenAI-compatible gateway of Flywheel.")  # fmt: skip
     app.state.settings = settings
-    app.state.keys = KeyCache(settings.db_path)
+    app.state.keys = KeyCache(settings.db_path, settings.key_refresh_s)
     app.state.writer = Writer(settings.db_path, max_queue_items=settings.ingest.max_queue_items,
                               max_batch_items=settings.ingest.max_batch_items)  # fmt: skip
     app.state.router = Router(settings)

@@ -2,7 +2,8 @@
 
 Keys are cached in memory (hash → project). An unknown key triggers at most one re-read of the
 keys table per second, so a key created with `flywheel keys create` while the service runs works
-at once, and a flood of bad keys cannot keep the database busy.
+at once, and a flood of bad keys cannot keep the database busy. The cache is also re-read when it
+is older than `key_refresh_s`, so a key revoked with `flywheel keys revoke` stops working then.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from serving.errors import ApiError
 
 
 class KeyCache:
-    def __init__(self, db_path: Path, refresh_interval_s: float = 1.0):
+    def __init__(self, db_path: Path, max_age_s: float, refresh_interval_s: float = 1.0):
         self.db_path = db_path
-        self.refresh_interval_s = refresh_interval_s
+        self.max_age_s = max_age_s
+        self.refresh_interval_s = min(refresh_interval_s, max_age_s)
         self._keys: dict[str, str] = {}
         self._refreshed = 0.0
         self._lock = threading.Lock()
@@ -37,6 +39,9 @@ class KeyCache:
             self._refreshed = time.monotonic()
 
     def cached(self, key_hash: str) -> str | None:
+        """The key's project, or None when it is unknown or the cache too old to trust."""
+        if time.monotonic() - self._refreshed >= self.max_age_s:
+            return None
         return self._keys.get(key_hash)
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
+import httpx
 import msgspec
 
 from flywheel import store
 from flywheel.keys import active_keys, hash_key
 from flywheel.settings import load_settings
+from conftest import Server, auth
 
 
 def flywheel(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -38,9 +41,40 @@ def test_keys_create_and_bad_project_name(tmp_path):
     assert missing.returncode == 2 and "--project" in missing.stderr
 
 
+def test_keys_list_and_revoke_against_a_running_service(tmp_path):
+    first = flywheel("init", "--data-dir", str(tmp_path)).stdout.strip().splitlines()[-1]
+    second = flywheel("keys", "create", "--project", "default", "--data-dir", str(tmp_path)).stdout.strip()
+    server = Server(tmp_path, env={"FLYWHEEL_KEY_REFRESH_S": "0.5"}).start()
+    try:
+        def status(key: str) -> int:
+            return httpx.get(f"{server.url}/v1/interactions", headers=auth(key), timeout=10).status_code
+
+        assert status(first) == status(second) == 200
+        listed = flywheel("keys", "list", "--data-dir", str(tmp_path))
+        assert listed.returncode == 0 and first[:10] in listed.stdout and second[:10] in listed.stdout
+        assert first not in listed.stdout
+        out = flywheel("keys", "revoke", first[:10], "--data-dir", str(tmp_path))
+        assert out.returncode == 0 and out.stdout.strip() == f"revoked {first[:10]}"
+        deadline = time.monotonic() + 10
+        while status(first) == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status(first) == 401 and status(second) == 200
+    finally:
+        server.stop()
+    row = next(line for line in flywheel("keys", "list", "--data-dir", str(tmp_path)).stdout.splitlines() if first[:10] in line)
+    assert not row.rstrip().endswith("-")  # the revocation time is shown
+    again = flywheel("keys", "revoke", first[:10], "--data-dir", str(tmp_path))
+    assert again.returncode == 2 and "no active key matches" in again.stderr and "Traceback" not in again.stderr
+    flywheel("keys", "create", "--project", "default", "--data-dir", str(tmp_path))
+    ambiguous = flywheel("keys", "revoke", "fwk_", "--data-dir", str(tmp_path))
+    assert ambiguous.returncode == 2 and "2 active keys start with 'fwk_'" in ambiguous.stderr
+    assert flywheel("keys", "revoke", second, "--data-dir", str(tmp_path)).returncode == 0  # the whole key works too
+    assert flywheel("keys", "list", "--data-dir", str(tmp_path / "nothing")).returncode == 2
+
+
 def test_status_and_usage_errors(tmp_path):
     out = flywheel("status", "--data-dir", str(tmp_path / "nothing"))
-    assert out.returncode == 1 and "flywheel init" in out.stderr
+    assert out.returncode == 2 and "flywheel init" in out.stderr
     assert flywheel("init", "--data-dir", str(tmp_path)).returncode == 0
     out = flywheel("status", "--data-dir", str(tmp_path))
     assert out.returncode == 0 and "no interactions" in out.stdout

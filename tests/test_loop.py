@@ -27,6 +27,7 @@ def test_one_turn_of_the_loop(tmp_path):
         runs = con.execute("SELECT model, status FROM eval_runs ORDER BY started_at").fetchall()
         events = history(con, project=PROJECT, task=TASK)
         serving = {d.alias: d.model for d in deployments(con, PROJECT)}
+        keys = con.execute("SELECT count(*), count(revoked_at) FROM api_keys").fetchone()
     assert recorded >= 300 + 150  # the turn's traffic and the final traffic went through the gateway
     assert len(models) == 1 and models[0][1] == "ready"
     assert sorted(runs) == sorted([(models[0][0], "done"), ("incumbent", "done")])
@@ -34,6 +35,7 @@ def test_one_turn_of_the_loop(tmp_path):
     assert decision["model"] == models[0][0] and decision["action"] in ("promote", "refuse")
     assert serving["production"] == (models[0][0] if decision["action"] == "promote" else "incumbent")
     assert (home / "reports" / "demo.html").exists()
+    assert keys[0] >= 2 and keys[0] == keys[1]  # the app's key and the turn's service key, revoked after use
     status = subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "--data-dir", str(home)],
                             capture_output=True, text=True)  # fmt: skip
     assert status.returncode == 0 and TASK in status.stdout and "production=" in status.stdout
