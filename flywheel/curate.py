@@ -288,7 +288,7 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
     Same data and same config → same id, and nothing is written (`created=False`).
     Raises `CurationError` for an unknown task, an empty selection or too few examples.
     """
-    from flywheel.curation_output import content_id, register, version_exists, write_version
+    from flywheel.curation_output import content_id, output_tables, register, version_exists, write_version
     from flywheel.split import preference_pairs, split
 
     cfg = config or CurationConfig()
@@ -319,13 +319,15 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
 
         window = {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None}
         record_config = {"curation": cfg.to_dict(), "project": project, "task": task, **window}
-        version_id = content_id(con, {"curation": cfg.to_dict(), "project": project, "task": task})
+        tables = output_tables(con)
+        version_id = content_id(tables, {"curation": cfg.to_dict(), "project": project, "task": task})
         path = settings.home / "datasets" / task / version_id
         existing = version_exists(settings, version_id)
         if existing is not None:
             return DatasetVersion(version_id, project, task, Path(existing["path"]), existing["counts"],
                                   created=False, parent_id=existing["parent_id"])  # fmt: skip
-        write_version(con, path, version_id, project, task, counts)
+        write_version(tables, path, version_id, project, task, counts)
+        del tables
         created, parent_id = register(con, settings, version_id=version_id, project=project, task=task, path=path,
                                       config=record_config, query=SELECT_SQL, counts=counts)  # fmt: skip
     finally:

@@ -24,6 +24,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from flywheel import store
 
 # The SFT rows as written: the hash, the files and the lineage all read this one view.
@@ -51,14 +54,53 @@ STAGE_LABELS = {
 }
 
 
-def content_id(con, header: dict[str, Any]) -> str:
-    """`ds-` + 16 hex of sha256(config, md5 of every SFT row, md5 of every preference pair)."""
+def output_tables(con) -> dict[str, pa.Table]:
+    """The version's rows as they are written: `sft-train`, `sft-eval`, `preference-train`."""
     con.execute(_SFT_VIEW)
-    sft = con.execute("SELECT md5(string_agg(md5(to_json(s)), '' ORDER BY split, interaction_id)) FROM sft s").fetchall()[0][0]
-    pref = con.execute(f"SELECT md5(string_agg(md5(to_json(p)), '' ORDER BY chosen_id, rejected_id)) FROM ({_PAIRS}) p").fetchall()[0][0]
+    tables = {f"sft-{split}": con.sql("SELECT * EXCLUDE (split) FROM sft WHERE split = $s ORDER BY interaction_id",
+                                      params={"s": split}).to_arrow_table() for split in ("train", "eval")}  # fmt: skip
+    tables["preference-train"] = con.sql(f"{_PAIRS} ORDER BY chosen_id, rejected_id").to_arrow_table()
+    return tables
+
+
+def content_id(tables: dict[str, pa.Table], header: dict[str, Any]) -> str:
+    """`ds-` + 16 hex of sha256 of the config and of the logical content of every output table."""
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
-    digest.update(f"|{sft}|{pref}".encode())
+    for name, table in tables.items():
+        parts: dict[str, Any] = {}
+        for field, column in zip(table.schema, table.columns, strict=True):
+            for chunk in column.chunks:
+                _feed(chunk, f"{name}.{field.name}", parts)
+        digest.update(json.dumps({key: h.hexdigest() for key, h in parts.items()}, sort_keys=True).encode())
     return "ds-" + digest.hexdigest()[:16]
+
+
+def _feed(array: pa.Array, path: str, parts: dict[str, Any]) -> None:
+    """Hash the values of `array` (validity, lengths, bytes), never its buffer layout, which
+    depends on how the rows came out of DuckDB. One running hash per leaf and kind, fed chunk
+    after chunk, so the digest is the same however the column is chunked."""
+    import pyarrow.compute as pc
+
+    def update(kind: str, data) -> None:
+        parts.setdefault(f"{path}:{kind}", hashlib.sha256()).update(data)
+
+    update("valid", array.is_valid().to_numpy(zero_copy_only=False).tobytes())
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        update("lengths", pc.fill_null(array.value_lengths(), 0).to_numpy().astype("<i8").tobytes())
+        _feed(array.flatten(), f"{path}[]", parts)
+    elif pa.types.is_struct(array.type):
+        for field, child in zip(array.type, array.flatten(), strict=True):
+            _feed(child, f"{path}.{field.name}", parts)
+    elif pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        if array.null_count:  # a null slot may still own bytes
+            array = pc.fill_null(array, "")
+        width = 8 if pa.types.is_large_string(array.type) else 4
+        offsets = np.frombuffer(array.buffers()[1], dtype=f"<i{width}", count=len(array) + 1, offset=array.offset * width)
+        update("lengths", np.diff(offsets).astype("<i8").tobytes())
+        if len(array):
+            update("bytes", memoryview(array.buffers()[2])[offsets[0]:offsets[-1]])
+    else:
+        raise TypeError(f"{path}: no content hash for Arrow type {array.type}")
 
 
 def version_exists(settings, version_id: str) -> dict[str, Any] | None:
@@ -95,14 +137,13 @@ def report_markdown(version_id: str, project: str, task: str, counts: dict[str, 
 
 
 def _nonempty(table):
-    import pyarrow as pa
-
     if table.num_rows or table.to_batches():
         return table
     return pa.Table.from_batches([pa.RecordBatch.from_pylist([], schema=table.schema)])
 
 
-def write_version(con, path: Path, version_id: str, project: str, task: str, counts: dict[str, int]) -> None:
+def write_version(tables: dict[str, pa.Table], path: Path, version_id: str, project: str, task: str,
+                  counts: dict[str, int]) -> None:
     """Write the version's files to a temporary folder and rename it to `path`."""
     import datasets
     import pyarrow.parquet as pq
@@ -112,16 +153,15 @@ def write_version(con, path: Path, version_id: str, project: str, task: str, cou
     try:
         sft = {}
         for split in ("train", "eval"):
-            table = con.sql("SELECT * EXCLUDE (split) FROM sft WHERE split = $s ORDER BY interaction_id",
-                            params={"s": split}).to_arrow_table()  # fmt: skip
+            table = tables[f"sft-{split}"]
             pq.write_table(table, tmp / "parquet" / f"sft-{split}.parquet")
             # (a fingerprint given: else `datasets` hashes every row with dill, half the write time)
             sft[split] = datasets.Dataset(_nonempty(table), fingerprint=f"{version_id}-sft-{split}")
         # An empty split saved with zero shards cannot be loaded back (datasets 5): give it one.
         shards = {split: 1 for split, ds in sft.items() if ds.num_rows == 0}
         datasets.DatasetDict(sft).save_to_disk(str(tmp / "sft"), num_shards=shards or None)
-        if counts.get("preference_pairs", 0):
-            pairs = con.sql(f"{_PAIRS} ORDER BY chosen_id, rejected_id").to_arrow_table()
+        pairs = tables["preference-train"]
+        if pairs.num_rows:
             pq.write_table(pairs, tmp / "parquet" / "preference-train.parquet")
             datasets.DatasetDict({"train": datasets.Dataset(pairs, fingerprint=f"{version_id}-preference")}).save_to_disk(str(tmp / "preference"))
         (tmp / "report.md").write_text(report_markdown(version_id, project, task, counts, None))

@@ -354,6 +354,23 @@ def test_same_data_same_config_same_version(settings):
     assert json.loads(record[2]) == third.counts
 
 
+def test_content_id_hashes_values_not_chunking():
+    from flywheel.curation_output import content_id
+
+    rows = [{"interaction_id": f"i{k}", "messages": [{"role": "user", "content": f"q{k}"}, {"role": "assistant", "content": "a" * k}],
+             "label": None if k % 3 else "billing"} for k in range(10)]  # fmt: skip
+    table = pa.Table.from_pylist(rows)
+    rechunked = pa.Table.from_batches(table.slice(0, 3).to_batches() + table.slice(3).to_batches())
+    sliced = pa.concat_tables([pa.Table.from_pylist(rows[:7]), pa.Table.from_pylist(rows[7:])])
+    same = {content_id({"sft-train": t}, {"seed": 0}) for t in (table, rechunked, sliced, table.combine_chunks())}
+    assert len(same) == 1 and next(iter(same)).startswith("ds-")
+    for changed in ([dict(rows[0], label="")] + rows[1:],  # an empty label is not a missing one
+                    rows[:4] + [dict(rows[4], messages=rows[4]["messages"][:1])] + rows[5:],
+                    [dict(rows[0], interaction_id="i1"), dict(rows[1], interaction_id="i0")] + rows[2:]):
+        assert content_id({"sft-train": pa.Table.from_pylist(changed)}, {"seed": 0}) not in same
+    assert content_id({"sft-train": table}, {"seed": 1}) not in same
+
+
 def test_time_window_and_project(settings):
     rng = random.Random(11)
     rows = [dict(r, ts=T0 + timedelta(days=i)) for i, r in enumerate(background(rng, 20))]
