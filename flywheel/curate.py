@@ -64,12 +64,17 @@ SELECT sel.*, fb.correction, fb.thumbs, fb.rating, fb.label
 FROM sel LEFT JOIN fb USING (id)
 """
 
-# Every interaction an earlier version of the task split, and whether any held it out.
+# The sides earlier versions of the task gave interactions: every interaction any version held
+# out (a benchmark may come from any of them), and the latest version's train side (each version
+# keeps its parent's, so older ones add nothing but rows to read).
 HISTORY_SQL = """
-SELECT di.interaction_id AS id, bool_or(di.split = 'eval') AS was_eval
-FROM dataset_interactions di JOIN datasets d ON d.id = di.dataset_id
-WHERE d.project = $project AND d.task = $task AND di.split IN ('train', 'eval')
-GROUP BY di.interaction_id
+WITH versions AS (SELECT id, created_at FROM datasets WHERE project = $project AND task = $task)
+SELECT interaction_id AS id, bool_or(split = 'eval') AS was_eval
+FROM dataset_interactions
+WHERE dataset_id IN (SELECT id FROM versions)
+  AND (split = 'eval' OR split = 'train'
+       AND dataset_id = (SELECT id FROM versions ORDER BY created_at DESC, id DESC LIMIT 1))
+GROUP BY interaction_id
 """
 
 # The request is parsed once against a fixed shape (DuckDB's typed `from_json`, ~15x faster
