@@ -188,19 +188,21 @@ def status(data_dir: DataDir = None, task: Annotated[str | None, typer.Option(he
 
 
 @app.command()
-def curate(task: Task, data_dir: DataDir = None, project: Project = "default",
-           config: Annotated[Path | None, typer.Option(help="Curation config (TOML/YAML/JSON).", exists=True,
-                                                       dir_okay=False)] = None,
+def curate(task: Task, data_dir: DataDir = None,
+           project: Annotated[str | None, typer.Option(help="The project whose traffic to use [default: the task's, else default].")] = None,
+           config: Annotated[Path | None, typer.Option(help="Curation config (TOML/YAML/JSON), over the task's `curation` table.",
+                                                       exists=True, dir_okay=False)] = None,
            since: Annotated[datetime | None, typer.Option(help="Only interactions from this time (UTC).")] = None,
            until: Annotated[datetime | None, typer.Option(help="Only interactions before this time (UTC).")] = None,
            ) -> None:  # fmt: skip
     """Curate the task's traffic and feedback into a versioned dataset (train / eval splits)."""
     from flywheel.curate import CurationConfig, CurationError, curate as run
+    from flywheel.curation_config import task_project
 
     settings = _settings(data_dir)
     try:
-        cfg = CurationConfig.from_file(config) if config else None
-        version = run(settings, project=project, task=task, config=cfg, since=since, until=until)
+        cfg = CurationConfig.for_task(settings, task, path=config)
+        version = run(settings, project=project or task_project(settings, task), task=task, config=cfg, since=since, until=until)
     except CurationError as exc:
         fail(str(exc), 2)
     except store.StoreBusy as exc:

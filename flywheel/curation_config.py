@@ -13,7 +13,17 @@ from typing import Any
 
 import duckdb
 
-from flywheel.settings import read_config_file
+from flywheel.settings import Settings, read_config_file
+
+
+def _file_table(path: Path | str) -> dict[str, Any]:
+    data = read_config_file(path)
+    return data.get("curation", data)
+
+
+def task_project(settings: Settings, task: str) -> str:
+    """The project whose traffic a task's entry points use by default: its `[tasks.T] project`."""
+    return settings.tasks[task].project if task in settings.tasks else "default"
 
 
 class CurationError(ValueError):
@@ -91,8 +101,16 @@ class CurationConfig:
     @classmethod
     def from_file(cls, path: Path | str) -> CurationConfig:
         """From a .toml, .yaml/.yml or .json file; a `[curation]` table is used when present."""
-        data = read_config_file(path)
-        return cls.from_dict(data.get("curation", data))
+        return cls.from_dict(_file_table(path))
+
+    @classmethod
+    def for_task(cls, settings: Settings, task: str, *, path: Path | str | None = None,
+                 overrides: dict[str, Any] | None = None) -> CurationConfig:
+        """The config every entry point (CLI, flows, the loop) uses for `task`: the task's
+        `curation` table in flywheel.toml, the keys of a file over it, then `overrides`."""
+        section = settings.tasks.get(task)
+        return cls.from_dict({**(section.curation if section else {}), **(_file_table(path) if path else {}),
+                              **(overrides or {})})  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

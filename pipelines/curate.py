@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, task
 
 from flywheel.curate import CurationConfig, CurationError, curate
+from flywheel.curation_config import task_project
 from flywheel.settings import load_settings
 from pipelines.tasks import publish_markdown, retry_unless
 
@@ -25,10 +26,10 @@ _retry_io = retry_unless(CurationError)
 
 
 @task(name="load-curation-config")
-def load_config(config: dict[str, Any] | None = None, config_path: str | None = None) -> CurationConfig:
-    """The config from a file (TOML/YAML/JSON) and/or a dict; dict keys override the file."""
-    base = CurationConfig.from_file(config_path).to_dict() if config_path else {}
-    return CurationConfig.from_dict({**base, **(config or {})})
+def load_config(data_dir: str | None, task: str, config: dict[str, Any] | None = None,
+                config_path: str | None = None) -> CurationConfig:
+    """The task's `curation` table in flywheel.toml, a file's keys over it, then the dict's."""
+    return CurationConfig.for_task(load_settings(data_dir), task, path=config_path, overrides=config)
 
 
 @task(name="curate-dataset", retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=_retry_io)
@@ -45,11 +46,14 @@ def publish_report(task: str, version: dict[str, Any]) -> None:
 
 
 @flow(name="curate")
-def curate_flow(task: str, project: str = "default", data_dir: str | None = None,
+def curate_flow(task: str, project: str | None = None, data_dir: str | None = None,
                 config: dict[str, Any] | None = None, config_path: str | None = None,
                 since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
-    """Curate one task's traffic into a dataset version and publish its report."""
-    cfg = load_config(config, config_path)
-    version = curate_dataset(str(Path(data_dir)) if data_dir else None, project, task, cfg, since, until)
+    """Curate one task's traffic into a dataset version and publish its report (project and
+    config default to the task's section in flywheel.toml)."""
+    data_dir = str(Path(data_dir)) if data_dir else None
+    cfg = load_config(data_dir, task, config, config_path)
+    project = project or task_project(load_settings(data_dir), task)
+    version = curate_dataset(data_dir, project, task, cfg, since, until)
     publish_report(task, version)
     return version

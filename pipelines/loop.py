@@ -70,7 +70,7 @@ def production_model(settings: Settings, project: str, task: str) -> str | None:
 
 def curate_stage(settings: Settings, task: str) -> DatasetVersion:
     cfg = task_settings(settings, task)
-    return curate(settings, project=cfg.project, task=task, config=CurationConfig.from_dict(cfg.curation))
+    return curate(settings, project=cfg.project, task=task, config=CurationConfig.for_task(settings, task))
 
 
 def train_stage(settings: Settings, task: str, dataset: DatasetVersion) -> Candidate:

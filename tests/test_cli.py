@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -106,6 +107,23 @@ def test_curate_command(tmp_path):
     assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
     status = flywheel("status", "--data-dir", str(tmp_path))
     assert TASK in status.stdout and "200" in status.stdout
+    # Without --project and --config, the task's section in flywheel.toml decides, as in `flywheel run`.
+    with (tmp_path / "flywheel.toml").open("a") as toml:
+        toml.write(f'\n[tasks.{TASK}]\nproject = "shop"\ncuration = {{ eval_fraction = 0.25, seed = 4 }}\n')
+    configured = flywheel("curate", "--task", TASK, "--data-dir", str(tmp_path))
+    assert configured.returncode == 0 and "written to" in configured.stdout, configured.stderr
+    with store.connect(load_settings(tmp_path).db_path, read_only=True) as con:
+        project, curation = con.execute("SELECT project, config -> '$.curation' FROM datasets ORDER BY created_at DESC LIMIT 1").fetchone()
+    assert project == "shop" and json.loads(curation)["seed"] == 4 and json.loads(curation)["eval_fraction"] == 0.25
+    (tmp_path / "override.toml").write_text("[curation]\nseed = 5\n")
+    overridden = flywheel("curate", "--task", TASK, "--config", str(tmp_path / "override.toml"), "--data-dir", str(tmp_path))
+    assert overridden.returncode == 0, overridden.stderr
+    with store.connect(load_settings(tmp_path).db_path, read_only=True) as con:
+        curation = con.execute("SELECT config -> '$.curation' FROM datasets ORDER BY created_at DESC LIMIT 1").fetchone()[0]
+    assert json.loads(curation)["seed"] == 5 and json.loads(curation)["eval_fraction"] == 0.25  # the file over the task's table
+    (tmp_path / "typo.toml").write_text("[curation]\neval_fraktion = 0.5\n")
+    typo = flywheel("curate", "--task", TASK, "--config", str(tmp_path / "typo.toml"), "--data-dir", str(tmp_path))
+    assert typo.returncode == 2 and "eval_fraktion" in typo.stderr and "Traceback" not in typo.stderr
 
 
 def test_promote_and_rollback_commands(tmp_path):
