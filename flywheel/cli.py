@@ -213,19 +213,18 @@ def curate(task: Task, data_dir: DataDir = None,
 
 @app.command()
 def train(task: Task, data_dir: DataDir = None,
-          recipe: Annotated[str, typer.Option(help="A default recipe (sft, sft-full, distill, gkd, dpo) or a file.")] = "sft",
-          base_model: Annotated[str | None, typer.Option(help="The student's base model (path or id).")] = None,
-          teacher: Annotated[str | None, typer.Option(help="A local teacher model (distill, gkd).")] = None,
-          project: Annotated[str | None, typer.Option(help="Only this project's datasets.")] = None) -> None:  # fmt: skip
+          recipe: Annotated[str | None, typer.Option(help="A default recipe (sft, sft-full, distill, gkd, dpo) or a file "
+                                                         "[default: the task's, else sft].")] = None,
+          base_model: Annotated[str | None, typer.Option(help="The student's base model (path or id) [default: the task's].")] = None,
+          teacher: Annotated[str | None, typer.Option(help="A local teacher model (distill, gkd) [default: the task's].")] = None,
+          project: Annotated[str | None, typer.Option(help="Only this project's datasets [default: the task's project "
+                                                          "when flywheel.toml has the task, else any].")] = None) -> None:  # fmt: skip
     """Train a candidate on the task's newest curated dataset and register it."""
     from flywheel.train import TrainingError, train_latest
 
-    settings = _settings(data_dir)
-    task_cfg = settings.tasks.get(task)
     try:
-        candidate = train_latest(settings, task=task, recipe=recipe, project=project,
-                                 base_model=base_model or (task_cfg.base_model if task_cfg else None),
-                                 teacher=teacher or (task_cfg.teacher if task_cfg else None))  # fmt: skip
+        candidate = train_latest(_settings(data_dir), task=task, recipe=recipe, project=project, base_model=base_model,
+                                 teacher=teacher)  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
     except TrainingError as exc:

@@ -274,12 +274,26 @@ def _oom_message(recipe: Recipe, exc: BaseException) -> str:
     return f"out of memory ({str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__}); in the recipe: " + "; or ".join(hints)
 
 
-def train_latest(settings: Settings, *, task: str, recipe: Recipe | str | Path = "sft", project: str | None = None, **kwargs) -> Candidate:
-    """`train` on the newest curated dataset of `task` (what `flywheel train --task T` runs)."""
+def task_training(settings: Settings, task: str, *, recipe: Recipe | str | Path | None = None, project: str | None = None,
+                  base_model: str | None = None, teacher: str | None = None) -> dict[str, Any]:
+    """What the caller gives, else what `[tasks.T]` in flywheel.toml sets (recipe: else sft), so
+    `flywheel train`, the `train` flow and the loop train a task the same way."""
+    section = settings.tasks.get(task)
+    return {"recipe": recipe or (section.recipe if section else "sft"), "project": project or (section.project if section else None),
+            "base_model": base_model or (section.base_model if section else None),
+            "teacher": teacher or (section.teacher if section else None)}  # fmt: skip
+
+
+def train_latest(settings: Settings, *, task: str, recipe: Recipe | str | Path | None = None, project: str | None = None,
+                 base_model: str | None = None, teacher: str | None = None, **kwargs) -> Candidate:
+    """`train` on the newest curated dataset of `task` (of its project, when flywheel.toml names
+    one): what `flywheel train --task T` runs."""
+    given = task_training(settings, task, recipe=recipe, project=project, base_model=base_model, teacher=teacher)
+    project = given.pop("project")
     with connect(settings.db_path) as con:
         sql = "SELECT id, project, path FROM datasets WHERE task = ?" + (" AND project = ?" if project else "")
         row = con.execute(sql + " ORDER BY created_at DESC LIMIT 1", [task, project] if project else [task]).fetchone()
     if row is None:
         raise FileNotFoundError(f"no curated dataset for task {task!r}: run `flywheel curate --task {task}` first")
     dataset_id, project, path = row
-    return train(settings, project=project, task=task, dataset_path=path, recipe=recipe, dataset_id=dataset_id, **kwargs)
+    return train(settings, project=project, task=task, dataset_path=path, dataset_id=dataset_id, **given, **kwargs)

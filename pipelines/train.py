@@ -43,7 +43,7 @@ def _loss_logger(logger):
 def train_candidate(
     *,
     task_name: str,
-    recipe: str = "sft",
+    recipe: str | None = None,
     data_dir: str | None = None,
     project: str | None = None,
     dataset_path: str | None = None,
@@ -51,17 +51,19 @@ def train_candidate(
     base_model: str | None = None,
     teacher: str | None = None,
 ) -> dict[str, Any]:
-    """Train one candidate; return its summary (id, status, paths, metrics)."""
+    """Train one candidate; return its summary (id, status, paths, metrics). Recipe, project, base
+    model and teacher default to the task's section in flywheel.toml."""
     from flywheel.settings import load_settings
-    from flywheel.train import train, train_latest
+    from flywheel.train import task_training, train, train_latest
 
     settings = load_settings(data_dir)
     logger = _logger()
-    kwargs = dict(recipe=recipe, base_model=base_model, teacher=teacher, callbacks=[_loss_logger(logger)])
+    given = task_training(settings, task_name, recipe=recipe, project=project, base_model=base_model, teacher=teacher)
     if dataset_path:
-        candidate = train(settings, project=project or "default", task=task_name, dataset_path=dataset_path, dataset_id=dataset_id, **kwargs)
+        candidate = train(settings, project=given.pop("project") or "default", task=task_name, dataset_path=dataset_path,
+                          dataset_id=dataset_id, callbacks=[_loss_logger(logger)], **given)  # fmt: skip
     else:
-        candidate = train_latest(settings, task=task_name, project=project, **kwargs)
+        candidate = train_latest(settings, task=task_name, callbacks=[_loss_logger(logger)], **given)
     logger.info("candidate %s %s: %s", candidate.id, candidate.status, candidate.metrics)
     return {
         "id": candidate.id,
@@ -83,7 +85,7 @@ def publish_card(summary: dict[str, Any], task_name: str) -> None:
 @flow(name="train")
 def train_flow(
     task: str,
-    recipe: str = "sft",
+    recipe: str | None = None,
     data_dir: str | None = None,
     project: str | None = None,
     dataset_path: str | None = None,

@@ -239,6 +239,29 @@ def test_prefect_task_trains_latest_dataset(world, tmp_path):
     assert rows(summary["id"], world["settings"])[0]["dataset_id"] == "ds-v1"
 
 
+def test_cli_trains_with_the_tasks_recipe(world, tmp_path):
+    # `flywheel train --task T` as a user runs it: no --recipe, so the one [tasks.T] names in
+    # flywheel.toml, as in `flywheel run` (it used to fall back to the sft default).
+    import subprocess
+    import sys
+
+    from flywheel.recipes import dump_recipe
+
+    path = dump_recipe(recipe(world["base"], max_steps=3, exact_match_samples=0), tmp_path / "task.yaml")
+    home = world["settings"].home
+    toml = home / "flywheel.toml"
+    toml.write_text(f'[tasks.triage]\nproject = "acme"\nrecipe = "{path}"\n')
+    try:
+        out = subprocess.run([sys.executable, "-m", "flywheel.cli", "train", "--task", "triage", "--data-dir", str(home)],
+                             capture_output=True, text=True)  # fmt: skip
+    finally:
+        toml.unlink()
+    assert out.returncode == 0, out.stderr
+    candidate = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("candidate "))
+    (row,) = rows(candidate, world["settings"])
+    assert json.loads(row["recipe"])["max_steps"] == 3 and row["dataset_id"] == "ds-v1" and row["project"] == "acme"
+
+
 def test_packed_sft_runs(world):
     # Packing is what CUDA gets by default ("auto"); on CPU it is opt-in. Exercise that path too.
     c = train(world["settings"], project="acme", task="packed", dataset_path=world["sft"],
