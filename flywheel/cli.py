@@ -23,7 +23,8 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Data folder (default: $FLYWHEEL_HOME, else ./.flywheel).", show_default=False),
 ]
 
-Project = Annotated[str, typer.Option(help="The project whose traffic to use.")]
+Project = Annotated[str | None, typer.Option(help="The project [default: the task's in flywheel.toml, else default].",
+                                             show_default=False)]
 Task = Annotated[str, typer.Option("--task", help="The task (product feature), e.g. support-triage.")]
 
 CONFIG_TEMPLATE = """\
@@ -189,7 +190,7 @@ def status(data_dir: DataDir = None, task: Annotated[str | None, typer.Option(he
 
 @app.command()
 def curate(task: Task, data_dir: DataDir = None,
-           project: Annotated[str | None, typer.Option(help="The project whose traffic to use [default: the task's, else default].")] = None,
+           project: Project = None,
            config: Annotated[Path | None, typer.Option(help="Curation config (TOML/YAML/JSON), over the task's `curation` table.",
                                                        exists=True, dir_okay=False)] = None,
            since: Annotated[datetime | None, typer.Option(help="Only interactions from this time (UTC).")] = None,
@@ -197,12 +198,11 @@ def curate(task: Task, data_dir: DataDir = None,
            ) -> None:  # fmt: skip
     """Curate the task's traffic and feedback into a versioned dataset (train / eval splits)."""
     from flywheel.curate import CurationConfig, CurationError, curate as run
-    from flywheel.curation_config import task_project
 
     settings = _settings(data_dir)
     try:
         cfg = CurationConfig.for_task(settings, task, path=config)
-        version = run(settings, project=project or task_project(settings, task), task=task, config=cfg, since=since, until=until)
+        version = run(settings, project=project or settings.project_of(task), task=task, config=cfg, since=since, until=until)
     except CurationError as exc:
         fail(str(exc), 2)
     except store.StoreBusy as exc:
@@ -266,7 +266,7 @@ def eval_(task: Task, model: Annotated[str, typer.Option(help="The model to benc
 
 @app.command()
 def promote(task: Task, model: Annotated[str, typer.Option(help="A ready candidate id (or a route name).")],
-            data_dir: DataDir = None, project: Project = "default",
+            data_dir: DataDir = None, project: Project = None,
             alias: Annotated[str, typer.Option(help="production or canary.")] = "production",
             share: Annotated[float, typer.Option(help="Canary share of users.", min=0.01, max=1.0)] = 1.0,
             reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual promotion") -> None:
@@ -275,6 +275,7 @@ def promote(task: Task, model: Annotated[str, typer.Option(help="A ready candida
     from pipelines.loop import service_key
 
     settings = _settings(data_dir)
+    project = project or settings.project_of(task)
     with store.connect(settings.db_path) as con:
         row = con.execute("SELECT status, coalesce(adapter_path, merged_path) FROM models WHERE id = ?", [model]).fetchone()
     if row is None and model not in settings.routes:
@@ -293,13 +294,14 @@ def promote(task: Task, model: Annotated[str, typer.Option(help="A ready candida
 
 
 @app.command()
-def rollback(task: Task, data_dir: DataDir = None, project: Project = "default",
+def rollback(task: Task, data_dir: DataDir = None, project: Project = None,
              reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual rollback") -> None:
     """Give production back to the model that held it before the last change."""
     from flywheel.promotion import PromotionError, rollback as run
 
+    settings = _settings(data_dir)
     try:
-        deployment = run(_settings(data_dir), project=project, task=task, reason=reason)
+        deployment = run(settings, project=project or settings.project_of(task), task=task, reason=reason)
     except PromotionError as exc:
         fail(str(exc))
     typer.echo(f"{task} → {deployment.model} (rolled back)")

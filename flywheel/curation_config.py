@@ -21,11 +21,6 @@ def _file_table(path: Path | str) -> dict[str, Any]:
     return data.get("curation", data)
 
 
-def task_project(settings: Settings, task: str) -> str:
-    """The project whose traffic a task's entry points use by default: its `[tasks.T] project`."""
-    return settings.tasks[task].project if task in settings.tasks else "default"
-
-
 class CurationError(ValueError):
     """Curation cannot produce a dataset from this input (unknown task, nothing selected, too few
     examples, bad config). Nothing is registered."""

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         toml = TomlConfigSettingsSource(settings_cls, toml_file=Path(home) / CONFIG_FILE)
         return (init_settings, env_settings, toml)
 
+    def project_of(self, task: str) -> str:
+        """The project a task's commands and flows use unless told otherwise: `[tasks.T] project`."""
+        return self.tasks[task].project if task in self.tasks else "default"
+
     @model_validator(mode="after")
     def _check_routes(self) -> Settings:
         for name, route in self.routes.items():

@@ -16,7 +16,6 @@ from typing import Any
 from prefect import flow, task
 
 from flywheel.curate import CurationConfig, CurationError, curate
-from flywheel.curation_config import task_project
 from flywheel.settings import load_settings
 from pipelines.tasks import publish_markdown, retry_unless
 
@@ -53,7 +52,7 @@ def curate_flow(task: str, project: str | None = None, data_dir: str | None = No
     config default to the task's section in flywheel.toml)."""
     data_dir = str(Path(data_dir)) if data_dir else None
     cfg = load_config(data_dir, task, config, config_path)
-    project = project or task_project(load_settings(data_dir), task)
+    project = project or load_settings(data_dir).project_of(task)
     version = curate_dataset(data_dir, project, task, cfg, since, until)
     publish_report(task, version)
     return version

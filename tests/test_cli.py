@@ -144,3 +144,9 @@ def test_promote_and_rollback_commands(tmp_path):
                        ("rollback", "big", "manual rollback")]  # fmt: skip
     assert flywheel("run", *d).returncode == 2  # no [tasks.triage] section
     assert flywheel("up", "--help").returncode == 0
+    # A task whose traffic is project `shop`: its alias moves there without --project.
+    with (tmp_path / "flywheel.toml").open("a") as toml:
+        toml.write('[tasks.orders]\nproject = "shop"\n')
+    assert flywheel("promote", "--data-dir", str(tmp_path), "--task", "orders", "--model", "small").returncode == 0
+    with store.connect(load_settings(tmp_path).db_path) as con:
+        assert con.execute("SELECT project, model FROM deployments WHERE task = 'orders'").fetchall() == [("shop", "small")]
