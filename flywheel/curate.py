@@ -9,6 +9,7 @@ Every model Flywheel trains is only as good as this step, so each stage is expli
     → exact dedup (normalised words), keeping the best-labelled member              (SQL)
     → PII re-check: a record that still holds PII after ingestion redaction  (flywheel.pii_scan, .pii)
     → near dedup (MinHash + LSH), keeping the best-labelled member
+    → carry-over: rows tied to what earlier versions held out stay held out
     → leak-free split (flywheel.split) and DPO preference pairs
     → content hash → files (flywheel.curation_output) → `datasets` record with lineage
 
@@ -66,15 +67,20 @@ FROM sel LEFT JOIN fb USING (id)
 
 # The sides earlier versions of the task gave interactions: every interaction any version held
 # out (a benchmark may come from any of them), and the latest version's train side (each version
-# keeps its parent's, so older ones add nothing but rows to read).
+# keeps its parent's, so older ones add nothing but rows to read). Held-out ones come with their
+# session and request, whatever the window, so their sessions and prompts stay held out too.
 HISTORY_SQL = """
-WITH versions AS (SELECT id, created_at FROM datasets WHERE project = $project AND task = $task)
-SELECT interaction_id AS id, bool_or(split = 'eval') AS was_eval
-FROM dataset_interactions
-WHERE dataset_id IN (SELECT id FROM versions)
-  AND (split = 'eval' OR split = 'train'
-       AND dataset_id = (SELECT id FROM versions ORDER BY created_at DESC, id DESC LIMIT 1))
-GROUP BY interaction_id
+WITH versions AS (SELECT id, created_at FROM datasets WHERE project = $project AND task = $task),
+h AS (
+    SELECT interaction_id AS id, bool_or(split = 'eval') AS was_eval
+    FROM dataset_interactions
+    WHERE dataset_id IN (SELECT id FROM versions)
+      AND (split = 'eval' OR split = 'train'
+           AND dataset_id = (SELECT id FROM versions ORDER BY created_at DESC, id DESC LIMIT 1))
+    GROUP BY interaction_id
+)
+SELECT h.id, h.was_eval, i.session_id, CASE WHEN h.was_eval THEN i.request END AS request
+FROM h LEFT JOIN interactions i ON i.project = $project AND i.id = h.id
 """
 
 # The request is parsed once against a fixed shape (DuckDB's typed `from_json`, ~15x faster
@@ -92,8 +98,11 @@ list_transform(r.messages, lambda m: {
             THEN array_to_string(list_transform(CAST(m.content AS JSON[]), lambda q: q ->> '$.text'), '') END
     END})
 """
+_PROMPT = f"""CASE WHEN r.messages IS NOT NULL THEN {_MESSAGES}
+    WHEN json_type(r.prompt) = 'VARCHAR' THEN [{{'role': 'user', 'content': r.prompt ->> '$'}}] END"""
 _PROMPT_TEXT = "array_to_string(list_transform(prompt, lambda m: m.content), chr(10))"
 _USER_TEXT = "array_to_string(list_transform(list_filter(prompt, lambda m: m.role <> 'system'), lambda m: m.content), chr(10))"
+_PROMPT_KEY = f"hash(lower({_USER_TEXT}))"  # what links rows with the same prompt (split, pairs)
 STAGES = ("failed_call", "negative_feedback", "unlabelled", "malformed", "empty", "oversized",
           "rule_exclude", "rule_include", "exact_duplicate", "pii", "near_duplicate")  # fmt: skip
 
@@ -156,8 +165,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig)
         FROM sel
     ), p AS (
         SELECT * EXCLUDE (r),
-            CASE WHEN r.messages IS NOT NULL THEN {_MESSAGES}
-                 WHEN json_type(r.prompt) = 'VARCHAR' THEN [{{'role': 'user', 'content': r.prompt ->> '$'}}] END AS prompt,
+            {_PROMPT} AS prompt,
             coalesce(NOT {_blank('correction')}, false) AS corrected,
             CASE WHEN thumbs = false OR rating <= $bad THEN 'bad'
                  WHEN thumbs OR rating >= $good THEN 'good' END AS verdict
@@ -173,7 +181,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig)
     )
     SELECT *,
         NOT malformed AND {_blank('prompt[-1].content')} AS empty_prompt,
-        CASE WHEN malformed THEN NULL ELSE hash(lower({_USER_TEXT})) END AS pkey,
+        CASE WHEN malformed THEN NULL ELSE {_PROMPT_KEY} END AS pkey,
         CASE
             WHEN status <> 'ok' THEN 'failed_call'
             WHEN NOT corrected AND verdict = 'bad' THEN 'negative_feedback'
@@ -185,7 +193,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig)
             WHEN {' OR '.join(exclude) or 'false'} THEN 'rule_exclude'
             WHEN NOT ({' AND '.join(include) or 'true'}) THEN 'rule_include'
         END AS dropped,
-        NULL::BIGINT AS grp, false AS has_pii, NULL::VARCHAR AS split
+        NULL::BIGINT AS grp, false AS has_pii, NULL::VARCHAR AS carried, NULL::VARCHAR AS split
     FROM t
     """, params)  # fmt: skip
     con.unregister("sel")
@@ -277,6 +285,39 @@ def _near_dedup(con, cfg: CurationConfig, sk: Sketch) -> None:
         _drop_all_but_best(con, groups, "near_duplicate")
 
 
+def _carry_over(con, history: pa.Table, sk: Sketch) -> None:
+    """`rows.carried`: the side a kept row must keep because of an earlier version, and table
+    `held_out` (session_id, pkey) of what earlier versions held out (`flywheel.split`).
+
+    Eval wins: a kept row is held out when it, or anything it shares a session, a prompt, an
+    exact or a near-duplicate group with, was held out before, whether that one is still
+    selected, dropped now or outside this window. Otherwise a row the latest version trained on
+    stays on the train side."""
+    con.register("_history", history)
+    con.execute(f"""
+        CREATE TEMP TABLE held_out AS
+        WITH b AS (SELECT session_id, from_json(request, '{_REQUEST_SHAPE}') AS r FROM _history WHERE was_eval),
+        p AS (SELECT session_id, {_PROMPT} AS prompt FROM b)
+        SELECT session_id, {_PROMPT_KEY} AS pkey FROM p""")  # fmt: skip
+    if history.num_rows:
+        con.register("_exact", pa.table({"rid": np.arange(len(sk.exact)), "xkey": pa.array(sk.exact, mask=~sk.valid)}))
+        con.execute("""
+            CREATE TEMP TABLE _held AS
+            SELECT r.grp, x.xkey FROM rows r JOIN _history h USING (id) JOIN _exact x USING (rid) WHERE h.was_eval""")  # fmt: skip
+        con.execute("""
+            UPDATE rows SET carried = c.side FROM (
+                SELECT r.rid, CASE
+                    WHEN h.was_eval OR r.session_id IN (SELECT session_id FROM held_out) OR r.pkey IN (SELECT pkey FROM held_out)
+                      OR r.grp IN (SELECT grp FROM _held) OR x.xkey IN (SELECT xkey FROM _held) THEN 'eval'
+                    WHEN NOT h.was_eval THEN 'train' END AS side
+                FROM rows r JOIN _exact x USING (rid) LEFT JOIN _history h USING (id)
+                WHERE r.dropped IS NULL) c
+            WHERE rows.rid = c.rid AND c.side IS NOT NULL""")  # fmt: skip
+        con.execute("DROP TABLE _held")
+        con.unregister("_exact")
+    con.unregister("_history")
+
+
 def _counts(con) -> dict[str, int]:
     by_stage = dict(con.execute("SELECT coalesce(dropped, 'kept'), count(*) FROM rows GROUP BY ALL").fetchall())
     counts = {"selected": sum(by_stage.values())}
@@ -312,13 +353,14 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
         if cfg.pii_check:
             _pii_check(con, cfg.pii_kinds)
         _near_dedup(con, cfg, sk)
-        del sk
+        _carry_over(con, history, sk)
+        del sk, history
         counts = _counts(con)
         if counts["kept"] < cfg.min_examples:
             stages = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
             raise CurationError(f"only {counts['kept']} examples of task {task!r} survive curation, fewer than "
                                 f"min_examples={cfg.min_examples} ({stages})")  # fmt: skip
-        counts.update(split(con, cfg, history))
+        counts.update(split(con, cfg))
         counts.update(preference_pairs(con, cfg.preference_pairs))
         counts["corrections"] = con.execute("SELECT count(*) FROM rows WHERE dropped IS NULL AND corrected").fetchall()[0][0]
 

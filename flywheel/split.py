@@ -9,10 +9,11 @@ label, so a rare label is held out in proportion. Both functions work on the `ro
 `flywheel.curate` builds in its in-memory DuckDB.
 
 The split is sticky across versions: a benchmark built from version N's eval side must stay
-clean for a model trained on version N+1. So a unit holding an interaction that an earlier
-version of the task put on the eval side, or the prompt of one, stays on the eval side; a unit
-an earlier version trained on stays on the train side; only new units are ranked, and they fill
-what is left of each label's eval share.
+clean for a model trained on version N+1. `flywheel.curate` marks the rows tied to what earlier
+versions held out (`rows.carried`, table `held_out`); a unit with such a row stays on the eval
+side, a unit the latest version trained on stays on the train side, only new units are ranked,
+and they fill what is left of each label's eval share. Preference pairs never use a prompt held
+out now or before.
 """
 
 from __future__ import annotations
@@ -23,30 +24,16 @@ import pyarrow as pa
 from flywheel.dedup import components
 
 
-_NO_HISTORY = pa.table({"id": pa.array([], pa.string()), "was_eval": pa.array([], pa.bool_())})
-
-
 class LeakError(AssertionError):
     """A session, near-duplicate group or prompt ended up on both sides: a bug, never bad input."""
 
 
-def split(con, cfg, history: pa.Table | None = None) -> dict[str, int]:
-    """Set `rows.split` to 'train' or 'eval' for the kept rows; return the counts.
-
-    `history`: (id, was_eval) of the interactions earlier versions of the task split, or None.
-    """
-    con.register("_history", history if history is not None else _NO_HISTORY)
-    # `was`: the side an earlier version gave the row (eval also when an earlier eval row, even
-    # one dropped now, had the same prompt: the contamination guard matches prompts).
+def split(con, cfg) -> dict[str, int]:
+    """Set `rows.split` to 'train' or 'eval' for the kept rows; return the counts."""
     con.execute("""
         CREATE TEMP TABLE k AS
-        WITH h AS (SELECT rows.rid, rows.pkey, _history.was_eval FROM rows JOIN _history USING (id)),
-        held_out AS (SELECT DISTINCT pkey FROM h WHERE was_eval AND pkey IS NOT NULL)
-        SELECT (row_number() OVER (ORDER BY rows.rid) - 1)::BIGINT AS k, rows.rid, id, session_id, grp, rows.pkey, label,
-            CASE WHEN h.was_eval OR rows.pkey IN (SELECT pkey FROM held_out) THEN 'eval'
-                 WHEN NOT h.was_eval THEN 'train' END AS was
-        FROM rows LEFT JOIN h USING (rid) WHERE dropped IS NULL""")  # fmt: skip
-    con.unregister("_history")
+        SELECT (row_number() OVER (ORDER BY rid) - 1)::BIGINT AS k, rid, id, session_id, grp, pkey, label, carried
+        FROM rows WHERE dropped IS NULL""")  # fmt: skip
     # Each row links to the lowest row of its session, of its near-dup group and of its prompt.
     links = con.sql("""
         SELECT k,
@@ -65,7 +52,7 @@ def split(con, cfg, history: pa.Table | None = None) -> dict[str, int]:
         CREATE TEMP TABLE units AS
         WITH u AS (
             SELECT unit, min(coalesce(session_id, id)) AS unit_key, {'min(label)' if stratify else 'NULL'} AS stratum,
-                CASE WHEN bool_or(was = 'eval') THEN 'eval' WHEN bool_or(was = 'train') THEN 'train' END AS carried
+                CASE WHEN bool_or(carried = 'eval') THEN 'eval' WHEN bool_or(carried = 'train') THEN 'train' END AS carried
             FROM k JOIN _c USING (k) GROUP BY unit
         ), q AS (
             SELECT *,
@@ -105,8 +92,9 @@ def preference_pairs(con, enabled: bool = True) -> dict[str, int]:
     conversational preference format; one pair per prompt.
 
     Chosen: a correction, else a response with good feedback. Rejected: a response with bad
-    feedback, else a response that a user corrected. Pairs whose prompt is on the eval side are
-    dropped, so preference training never sees a benchmark prompt.
+    feedback, else a response that a user corrected. Pairs whose prompt is on the eval side, or
+    was in an earlier version (`held_out`), are dropped: preference training never sees a
+    benchmark prompt.
     """
     # Rows dropped from SFT (negative feedback, duplicates) are still good pair material; only
     # failed, malformed, empty-prompt and PII records are not.
@@ -137,7 +125,8 @@ def preference_pairs(con, enabled: bool = True) -> dict[str, int]:
     FROM ch JOIN rj USING (pkey)
     WHERE lower(trim(ch.text, ' ' || chr(9) || chr(10) || chr(13))) <> lower(trim(rj.text, ' ' || chr(9) || chr(10) || chr(13)))
     """)  # fmt: skip
-    overlap = con.execute("DELETE FROM pairs WHERE pkey IN (SELECT pkey FROM rows WHERE split = 'eval')").fetchall()[0][0]
+    overlap = con.execute("""DELETE FROM pairs WHERE pkey IN (SELECT pkey FROM rows WHERE split = 'eval')
+                                                 OR pkey IN (SELECT pkey FROM held_out)""").fetchall()[0][0]  # fmt: skip
     total = con.execute("SELECT count(*) FROM pairs").fetchall()[0][0]
     pii = con.execute("""SELECT count(*) FROM rows WHERE has_pii AND status = 'ok' AND NOT malformed
                          AND (corrected OR verdict IS NOT NULL)""").fetchall()[0][0]  # fmt: skip

@@ -274,6 +274,54 @@ def test_split_is_sticky_across_versions(settings):
     assert not {prompt_hash(r["messages"][:-1]) for r in eval1.values()} & trained
 
 
+def test_sticky_split_follows_what_was_held_out_even_when_dropped_or_outside_the_window(settings):
+    """What an earlier version held out keeps its sessions, prompts and near-duplicates on the
+    eval side: when the held-out row is dropped now, and when it is outside the selected window."""
+    rng = random.Random(13)
+    near = {f"x{j}": sentence(rng, 80) for j in range(20)}
+    answer = {x: sentence(rng, 20) for x in near}
+    rows = ([interaction(x, text, answer[x], session_id=None) for x, text in near.items()]
+            + [interaction(f"s{j}-1", sentence(rng, 25), sentence(rng, 20), session_id=f"S{j}") for j in range(20)]
+            + [dict(r, session_id=None) for r in background(rng, 40)])  # fmt: skip
+    fill(settings, rows)
+    cfg = CurationConfig(min_examples=5, eval_fraction=0.3)
+    first = curate(settings, task="support", config=cfg)
+    held = {r["interaction_id"]: r for r in sft_rows(first, "eval")}
+    prompt = {i: next(m["content"] for m in r["messages"] if m["role"] == "user") for i, r in held.items()}
+    xs = sorted(i for i in held if i.startswith("x"))
+    sessions = sorted(i[1:-2] for i in held if i.startswith("s"))
+    others = sorted(i for i in held if i[0].isdigit())
+    assert len(xs) >= 3 and len(sessions) >= 3 and len(others) >= 4
+    late = T0 + timedelta(hours=2)
+    new, feedback = [], []
+    for x in xs:  # a better-labelled near-duplicate displaces the held-out one (dropped now)
+        words = near[x].split()
+        words[40] = "edited"
+        new.append(interaction(f"w-{x}", " ".join(words), answer[x], minute=130))
+        feedback.append(fb(f"w-{x}", "thumbs", True, minute=131))
+    for j in sessions:  # the held-out turn gets a thumbs-down (dropped); the session goes on
+        feedback.append(fb(f"s{j}-1", "thumbs", False, minute=131))
+        new.append(interaction(f"s{j}-2", sentence(rng, 25), sentence(rng, 20), session_id=f"S{j}", minute=130))
+    for i in others[:2]:  # corrected with an oversized answer: dropped from SFT, still a pair
+        feedback.append(fb(i, "correction", "word " * 20_000, minute=131))
+    for i in others[2:]:  # asked again later
+        new.append(interaction(f"again-{i}", prompt[i], sentence(rng, 20), minute=130))
+    fill(settings, new + background(rng, 30, start=7000, minute=130), feedback)
+
+    second = curate(settings, task="support", config=cfg)
+    side = {r["interaction_id"]: split for split in ("train", "eval") for r in sft_rows(second, split)}
+    assert all(side[f"w-{x}"] == "eval" and f"{x}" not in side for x in xs)
+    assert all(side[f"s{j}-2"] == "eval" and f"s{j}-1" not in side for j in sessions)
+    assert all(side[f"again-{i}"] == "eval" for i in others[2:])
+    pairs = datasets.load_from_disk(str(second.path / "preference"))["train"] if second.counts["preference_pairs"] else []
+    assert not {p["chosen_id"] for p in pairs} & set(others[:2])
+    assert second.counts["preference_eval_overlap"] >= 2
+    # Only the new traffic selected: the held-out sessions and prompts are outside the window.
+    windowed = curate(settings, task="support", config=cfg, since=late)
+    side = {r["interaction_id"]: split for split in ("train", "eval") for r in sft_rows(windowed, split)}
+    assert all(side[f"s{j}-2"] == "eval" for j in sessions) and all(side[f"again-{i}"] == "eval" for i in others[2:])
+
+
 def test_assert_leak_free_catches_a_crossing_session():
     import duckdb
 
