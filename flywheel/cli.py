@@ -4,6 +4,7 @@ FastAPI, uvicorn and the other packages are imported inside the commands that ne
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -108,8 +109,11 @@ def keys_list(data_dir: DataDir = None) -> None:
     """List the keys by prefix: project, created, revoked (the keys themselves are not stored)."""
     from flywheel.keys import list_keys
 
-    with store.connect(_database(_settings(data_dir)), read_only=True) as con:
-        rows = list_keys(con)
+    try:
+        with store.connect(_database(_settings(data_dir)), read_only=True) as con:
+            rows = list_keys(con)
+    except store.StoreBusy as exc:
+        fail(str(exc))
     typer.echo(f"{'prefix':<12} {'project':<20} {'created (UTC)':<20} revoked (UTC)")
     for prefix, project, created, revoked in rows:
         typer.echo(f"{prefix:<12} {project:<20} {created:%Y-%m-%d %H:%M:%S}  {f'{revoked:%Y-%m-%d %H:%M:%S}' if revoked else '-'}")
@@ -250,14 +254,16 @@ def eval_(task: Task, model: Annotated[str, typer.Option(help="The model to benc
         fail(f"--benchmark: task {task!r} has no benchmark in [tasks.{task}]; pass a spec file", 2)
     project = cfg.project if cfg else "default"
     baseline = baseline or production_model(settings, project, task)
-    with service_key(settings, project) as key:
-        sampler = EndpointSampler(f"{settings.url}/v1", model, api_key=key)
-        incumbent = EndpointSampler(f"{settings.url}/v1", baseline, api_key=key) if baseline else None
-        try:
+    try:
+        with service_key(settings, project) as key:
+            sampler = EndpointSampler(f"{settings.url}/v1", model, api_key=key)
+            incumbent = EndpointSampler(f"{settings.url}/v1", baseline, api_key=key) if baseline else None
             report = evaluate(settings, project=project, task=task, benchmark=spec, sampler=sampler,
                               baseline_sampler=incumbent, progress=True)  # fmt: skip
-        except EvalError as exc:
-            fail(str(exc), 2)
+    except EvalError as exc:
+        fail(str(exc), 2)
+    except store.StoreBusy as exc:
+        fail(str(exc))
     typer.echo(report.markdown)
     typer.echo(f"report: {report.html_path}")
     if report.candidate.status != "done":
@@ -283,13 +289,13 @@ def promote(task: Task, model: Annotated[str, typer.Option(help="A ready candida
     if row is not None and row[0] != "ready":
         fail(f"--model: candidate {model!r} is {row[0]}; only a ready candidate can serve", 2)
     route = settings.tasks[task].route if task in settings.tasks else None
-    with service_key(settings, project) as key:
-        load = http_loader(settings.url, key, route) if row else (lambda name, path: None)
-        try:
+    try:  # a candidate is loaded in the running service first, with a key for that call only
+        with service_key(settings, project) if row else nullcontext() as key:
+            load = http_loader(settings.url, key, route) if row else (lambda name, path: None)
             run(settings, project=project, task=task, model=model, path=row[1] if row else "", alias=alias, share=share,
                 decision=Decision(True, [reason], {"manual": True}), load=load)  # fmt: skip
-        except (PromotionError, ValueError) as exc:
-            fail(str(exc))
+    except (PromotionError, ValueError, store.StoreBusy) as exc:
+        fail(str(exc))
     typer.echo(f"{task}{'' if alias == 'production' else ':' + alias} → {model}")
 
 

@@ -70,7 +70,9 @@ def content_id(tables: dict[str, pa.Table], header: dict[str, Any]) -> str:
         parts: dict[str, Any] = {}
         for field, column in zip(table.schema, table.columns, strict=True):
             for chunk in column.chunks:
-                _feed(chunk, f"{name}.{field.name}", parts)
+                if len(chunk):  # an empty chunk, or none at all: the same nothing
+                    _feed(chunk, f"{name}.{field.name}", parts)
+        digest.update(f"|{name}|{table.schema.to_string(show_schema_metadata=False)}|".encode())
         digest.update(json.dumps({key: h.hexdigest() for key, h in parts.items()}, sort_keys=True).encode())
     return "ds-" + digest.hexdigest()[:16]
 

@@ -42,19 +42,18 @@ def list_keys(con: Connection) -> list[tuple]:
 
 
 def revoke_key(con: Connection, key: str) -> str:
-    """Revoke one active key, given whole or by its listed prefix; return the prefix.
-
-    Raises ValueError when no active key matches, or a prefix matches more than one.
+    """Revoke one active key, given whole or by its prefix exactly as `list_keys` shows it;
+    return the prefix. Raises ValueError when no active key matches, or a prefix matches more
+    than one (then the whole key is needed).
     """
     matches = con.execute(
-        "SELECT key_hash, prefix FROM api_keys WHERE revoked_at IS NULL"
-        " AND (key_hash = ? OR (length(?) <= length(prefix) AND starts_with(prefix, ?)))",
-        [hash_key(key), key, key],
+        "SELECT key_hash, prefix FROM api_keys WHERE revoked_at IS NULL AND (key_hash = ? OR prefix = ?)",
+        [hash_key(key), key],
     ).fetchall()
     if not matches:
         shown = key if len(key) <= 10 else key[:10] + "…"  # never echo a whole key
         raise ValueError(f"key: no active key matches {shown!r} (see `flywheel keys list`)")
     if len(matches) > 1:
-        raise ValueError(f"key: {len(matches)} active keys start with {key!r}; give more of it or the whole key")
+        raise ValueError(f"key: {len(matches)} active keys have the prefix {key!r}; give the whole key")
     con.execute("UPDATE api_keys SET revoked_at = current_timestamp WHERE key_hash = ?", [matches[0][0]])
     return matches[0][1]

@@ -4,6 +4,8 @@ Keys are cached in memory (hash → project). An unknown key triggers at most on
 keys table per second, so a key created with `flywheel keys create` while the service runs works
 at once, and a flood of bad keys cannot keep the database busy. The cache is also re-read when it
 is older than `key_refresh_s`, so a key revoked with `flywheel keys revoke` stops working then.
+A read waits at most a second for the database; when another process holds it longer, requests
+are answered from the keys last read, and the next one tries again.
 """
 
 from __future__ import annotations
@@ -27,21 +29,26 @@ class KeyCache:
         self.max_age_s = max_age_s
         self.refresh_interval_s = min(refresh_interval_s, max_age_s)
         self._keys: dict[str, str] = {}
-        self._refreshed = 0.0
+        self._refreshed = 0.0  # when the keys were last read
+        self._attempted = 0.0  # when a read was last tried
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
         with self._lock:
-            if time.monotonic() - self._refreshed < self.refresh_interval_s:
+            if time.monotonic() - self._attempted < self.refresh_interval_s:
                 return
-            with store.connect(self.db_path) as con:
-                self._keys = active_keys(con)
-            self._refreshed = time.monotonic()
+            self._attempted = time.monotonic()
+            try:
+                with store.connect(self.db_path, timeout_s=self.refresh_interval_s) as con:
+                    keys = active_keys(con)
+            except store.StoreBusy:
+                return  # keep answering from the keys last read; the next request tries again
+            self._keys, self._refreshed = keys, time.monotonic()
+
+    def stale(self) -> bool:
+        return time.monotonic() - self._refreshed >= self.max_age_s
 
     def cached(self, key_hash: str) -> str | None:
-        """The key's project, or None when it is unknown or the cache too old to trust."""
-        if time.monotonic() - self._refreshed >= self.max_age_s:
-            return None
         return self._keys.get(key_hash)
 
 
@@ -53,7 +60,7 @@ async def require_project(request: Request) -> str:
     cache: KeyCache = request.app.state.keys
     key_hash = hash_key(key.strip())
     project = cache.cached(key_hash)
-    if project is None:
+    if project is None or cache.stale():
         await run_in_threadpool(cache.refresh)
         project = cache.cached(key_hash)
     if project is None:

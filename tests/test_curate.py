@@ -417,6 +417,8 @@ def test_content_id_hashes_values_not_chunking():
                     [dict(rows[0], interaction_id="i1"), dict(rows[1], interaction_id="i0")] + rows[2:]):
         assert content_id({"sft-train": pa.Table.from_pylist(changed)}, {"seed": 0}) not in same
     assert content_id({"sft-train": table}, {"seed": 1}) not in same
+    empty = table.slice(0, 0)
+    assert content_id({"sft-train": empty}, {}) == content_id({"sft-train": pa.Table.from_batches([], empty.schema)}, {})
 
 
 def test_time_window_and_project(settings):
