@@ -196,6 +196,12 @@ def main() -> None:
         print(f"peak RSS:             {peak:.2f} GiB (target <= 4)")
         print("stages: " + ", ".join(f"{k.strip('_')} {v:.2f}s" for k, v in stages.items()))
         print(f"version {version.id}: " + ", ".join(f"{k} {v:,}" for k, v in version.counts.items()))
+        # Again, with that version registered: the history path (what it held out is re-read and
+        # carried over), which must end in the same id and write nothing.
+        t0 = time.perf_counter()
+        again = C.curate(settings, task="support", config=C.CurationConfig())
+        print(f"curated again with the version kept: {time.perf_counter() - t0:.2f}s, "
+              f"{'same id, nothing written' if (again.id, again.created) == (version.id, False) else 'A NEW VERSION ' + again.id}")
     finally:
         if args.keep is None:
             shutil.rmtree(home, ignore_errors=True)
