@@ -34,6 +34,7 @@ CONFIG_TEMPLATE = """\
 host = "127.0.0.1"
 port = 8000
 redact_pii = true            # default for every project
+key_refresh_s = 5.0          # a revoked API key is refused within this time
 
 [ingest]
 max_body_bytes = 16777216    # 413 above this
