@@ -46,8 +46,12 @@ max_queue_items = 100000     # 503 + Retry-After above this
 """
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def _error(message: str) -> None:
     typer.secho(f"error: {message}", fg="red", err=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    _error(message)
     raise typer.Exit(code)
 
 
@@ -73,8 +77,6 @@ def _new_key(settings: Settings, project: str) -> str:
             return create_key(con, project)
     except ValueError as exc:
         fail(str(exc), 2)
-    except store.StoreBusy as exc:
-        fail(str(exc))
 
 
 @app.command()
@@ -110,11 +112,8 @@ def keys_list(data_dir: DataDir = None) -> None:
     """List the keys by prefix: project, created, revoked (the keys themselves are not stored)."""
     from flywheel.keys import list_keys
 
-    try:
-        with store.connect(_database(_settings(data_dir)), read_only=True) as con:
-            rows = list_keys(con)
-    except store.StoreBusy as exc:
-        fail(str(exc))
+    with store.connect(_database(_settings(data_dir)), read_only=True) as con:
+        rows = list_keys(con)
     typer.echo(f"{'prefix':<12} {'project':<20} {'created (UTC)':<20} revoked (UTC)")
     for prefix, project, created, revoked in rows:
         typer.echo(f"{prefix:<12} {project:<20} {created:%Y-%m-%d %H:%M:%S}  {f'{revoked:%Y-%m-%d %H:%M:%S}' if revoked else '-'}")
@@ -131,8 +130,6 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key, or its prefix 
             prefix = revoke_key(con, key)
     except ValueError as exc:
         fail(str(exc), 2)
-    except store.StoreBusy as exc:
-        fail(str(exc))
     typer.echo(f"revoked {prefix}")
 
 
@@ -210,8 +207,6 @@ def curate(task: Task, data_dir: DataDir = None,
         version = run(settings, project=project or settings.project_of(task), task=task, config=cfg, since=since, until=until)
     except CurationError as exc:
         fail(str(exc), 2)
-    except store.StoreBusy as exc:
-        fail(str(exc))
     typer.echo(version.report)
     typer.echo(f"dataset {version.id} {'written to' if version.created else 'already at'} {version.path}")
 
@@ -263,8 +258,6 @@ def eval_(task: Task, model: Annotated[str, typer.Option(help="The model to benc
                               baseline_sampler=incumbent, progress=True)  # fmt: skip
     except EvalError as exc:
         fail(str(exc), 2)
-    except store.StoreBusy as exc:
-        fail(str(exc))
     typer.echo(report.markdown)
     typer.echo(f"report: {report.html_path}")
     if report.candidate.status != "done":
@@ -295,7 +288,7 @@ def promote(task: Task, model: Annotated[str, typer.Option(help="A ready candida
             load = http_loader(settings.url, key, route) if row else (lambda name, path: None)
             run(settings, project=project, task=task, model=model, path=row[1] if row else "", alias=alias, share=share,
                 decision=Decision(True, [reason], {"manual": True}), load=load)  # fmt: skip
-    except (PromotionError, ValueError, store.StoreBusy) as exc:
+    except (PromotionError, ValueError) as exc:
         fail(str(exc))
     typer.echo(f"{task}{'' if alias == 'production' else ':' + alias} → {model}")
 
@@ -368,7 +361,11 @@ def demo(data_dir: DataDir = None,
 
 
 def main() -> None:
-    app(prog_name="flywheel")
+    try:
+        app(prog_name="flywheel")
+    except store.StoreBusy as exc:  # another process held the database too long: say so, no traceback
+        _error(str(exc))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

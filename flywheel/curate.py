@@ -206,14 +206,15 @@ def _drop(con, rids: np.ndarray | pa.Array, reason: str) -> None:
 
 
 def _sketch(con, cfg: CurationConfig) -> Sketch:
-    """Exact keys and MinHash signatures of the rows still in play, in one pass over their
-    normalised text (the user turns and the target), streamed from DuckDB in batches."""
+    """Exact keys and MinHash signatures of the rows still in play (and of the ones earlier
+    versions held out, for `_carry_over`), in one pass over their normalised text (the user
+    turns and the target), streamed from DuckDB in batches."""
     from flywheel.dedup import sketch
 
     n = con.execute("SELECT count(*) FROM rows").fetchall()[0][0]
     reader = con.sql(f"""
         SELECT rid, lower({_USER_TEXT} || chr(10) || target) AS text
-        FROM rows WHERE dropped IS NULL""").to_arrow_reader(batch_size=100_000)  # fmt: skip
+        FROM rows WHERE dropped IS NULL OR id IN (SELECT id FROM _history WHERE was_eval)""").to_arrow_reader(batch_size=100_000)  # fmt: skip
     return sketch(((batch.column(0).to_numpy(), batch.column(1)) for batch in reader), n,
                   threshold=cfg.near_dup_threshold, shingle_size=cfg.shingle_size, num_perm=cfg.num_perm, seed=cfg.seed)  # fmt: skip
 
@@ -285,36 +286,39 @@ def _near_dedup(con, cfg: CurationConfig, sk: Sketch) -> None:
         _drop_all_but_best(con, groups, "near_duplicate")
 
 
-def _carry_over(con, history: pa.Table, sk: Sketch) -> None:
+def _carry_over(con, cfg: CurationConfig, history: pa.Table, sk: Sketch) -> None:
     """`rows.carried`: the side a kept row must keep because of an earlier version, and table
     `held_out` (session_id, pkey) of what earlier versions held out (`flywheel.split`).
 
-    Eval wins: a kept row is held out when it, or anything it shares a session, a prompt, an
-    exact or a near-duplicate group with, was held out before, whether that one is still
-    selected, dropped now or outside this window. Otherwise a row the latest version trained on
-    stays on the train side."""
-    con.register("_history", history)
+    Eval wins: a kept row is held out when it was, or shares a session or a prompt with an
+    interaction held out before (selected now or not), or is an exact or near duplicate of one
+    that is selected now, kept or dropped (`_sketch` sketches those too). Otherwise a row the
+    latest version trained on stays on the train side."""
+    from flywheel.dedup import near_duplicate_groups
+
     con.execute(f"""
         CREATE TEMP TABLE held_out AS
         WITH b AS (SELECT session_id, from_json(request, '{_REQUEST_SHAPE}') AS r FROM _history WHERE was_eval),
         p AS (SELECT session_id, {_PROMPT} AS prompt FROM b)
         SELECT session_id, {_PROMPT_KEY} AS pkey FROM p""")  # fmt: skip
     if history.num_rows:
-        con.register("_exact", pa.table({"rid": np.arange(len(sk.exact)), "xkey": pa.array(sk.exact, mask=~sk.valid)}))
-        con.execute("""
-            CREATE TEMP TABLE _held AS
-            SELECT r.grp, x.xkey FROM rows r JOIN _history h USING (id) JOIN _exact x USING (rid) WHERE h.was_eval""")  # fmt: skip
+        kept = _in_play(con)
+        held = con.sql("SELECT rid FROM rows JOIN _history USING (id) WHERE was_eval").fetchnumpy()["rid"]
+        linked = np.zeros(len(sk.valid), dtype=bool)
+        linked[kept] = linked[held] = True
+        group = near_duplicate_groups(sk, linked, cfg.near_dup_threshold)
+        words = held[sk.valid[held]]
+        tied = np.isin(group[kept], group[held]) | (sk.valid[kept] & np.isin(sk.exact[kept], sk.exact[words]))
+        con.register("_tied", pa.table({"rid": kept, "tied": tied}))
         con.execute("""
             UPDATE rows SET carried = c.side FROM (
                 SELECT r.rid, CASE
-                    WHEN h.was_eval OR r.session_id IN (SELECT session_id FROM held_out) OR r.pkey IN (SELECT pkey FROM held_out)
-                      OR r.grp IN (SELECT grp FROM _held) OR x.xkey IN (SELECT xkey FROM _held) THEN 'eval'
+                    WHEN h.was_eval OR t.tied OR r.session_id IN (SELECT session_id FROM held_out)
+                      OR r.pkey IN (SELECT pkey FROM held_out) THEN 'eval'
                     WHEN NOT h.was_eval THEN 'train' END AS side
-                FROM rows r JOIN _exact x USING (rid) LEFT JOIN _history h USING (id)
-                WHERE r.dropped IS NULL) c
+                FROM rows r JOIN _tied t USING (rid) LEFT JOIN _history h USING (id)) c
             WHERE rows.rid = c.rid AND c.side IS NOT NULL""")  # fmt: skip
-        con.execute("DROP TABLE _held")
-        con.unregister("_exact")
+        con.unregister("_tied")
     con.unregister("_history")
 
 
@@ -348,12 +352,13 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
     try:
         _prepare(con, sel, cfg)
         del sel
+        con.register("_history", history)  # read by _sketch and _carry_over
         sk = _sketch(con, cfg)
         _exact_dedup(con, sk)
         if cfg.pii_check:
             _pii_check(con, cfg.pii_kinds)
         _near_dedup(con, cfg, sk)
-        _carry_over(con, history, sk)
+        _carry_over(con, cfg, history, sk)
         del sk, history
         counts = _counts(con)
         if counts["kept"] < cfg.min_examples:

@@ -278,7 +278,7 @@ def test_sticky_split_follows_what_was_held_out_even_when_dropped_or_outside_the
     """What an earlier version held out keeps its sessions, prompts and near-duplicates on the
     eval side: when the held-out row is dropped now, and when it is outside the selected window."""
     rng = random.Random(13)
-    near = {f"x{j}": sentence(rng, 80) for j in range(20)}
+    near = {f"x{j}": sentence(rng, 80) for j in range(30)}
     answer = {x: sentence(rng, 20) for x in near}
     rows = ([interaction(x, text, answer[x], session_id=None) for x, text in near.items()]
             + [interaction(f"s{j}-1", sentence(rng, 25), sentence(rng, 20), session_id=f"S{j}") for j in range(20)]
@@ -291,14 +291,17 @@ def test_sticky_split_follows_what_was_held_out_even_when_dropped_or_outside_the
     xs = sorted(i for i in held if i.startswith("x"))
     sessions = sorted(i[1:-2] for i in held if i.startswith("s"))
     others = sorted(i for i in held if i[0].isdigit())
-    assert len(xs) >= 3 and len(sessions) >= 3 and len(others) >= 4
+    assert len(xs) >= 4 and len(sessions) >= 3 and len(others) >= 4
     late = T0 + timedelta(hours=2)
     new, feedback = [], []
-    for x in xs:  # a better-labelled near-duplicate displaces the held-out one (dropped now)
+    for n, x in enumerate(xs):  # a near-duplicate arrives; the held-out one is dropped now:
         words = near[x].split()
         words[40] = "edited"
         new.append(interaction(f"w-{x}", " ".join(words), answer[x], minute=130))
-        feedback.append(fb(f"w-{x}", "thumbs", True, minute=131))
+        if n % 2:  # displaced by the better-labelled newcomer
+            feedback.append(fb(f"w-{x}", "thumbs", True, minute=131))
+        else:  # or filtered out by a thumbs-down
+            feedback.append(fb(x, "thumbs", False, minute=131))
     for j in sessions:  # the held-out turn gets a thumbs-down (dropped); the session goes on
         feedback.append(fb(f"s{j}-1", "thumbs", False, minute=131))
         new.append(interaction(f"s{j}-2", sentence(rng, 25), sentence(rng, 20), session_id=f"S{j}", minute=130))
