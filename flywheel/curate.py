@@ -23,7 +23,7 @@ PII. (1M interactions: ~16 s, ~3.2 GB peak, `bench/curate.py`.) The config and r
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,10 +110,6 @@ STAGES = ("failed_call", "negative_feedback", "unlabelled", "malformed", "empty"
 def _blank(column: str) -> str:
     # (a regex, not trim(x, chars): DuckDB's trim with a character set is ~40x slower)
     return f"regexp_full_match({column}, '\\s*')"
-
-
-def _naive_utc(ts: datetime | None) -> datetime | None:
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts is not None and ts.tzinfo else ts
 
 
 def _rule(column: str, patterns: list[str], params: dict, name: str) -> str | None:
@@ -342,7 +338,7 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
     from flywheel.split import preference_pairs, split
 
     cfg = config or CurationConfig()
-    since, until = _naive_utc(since), _naive_utc(until)
+    since, until = store.naive_utc(since), store.naive_utc(until)
     sel, history = _select(settings, project, task, since, until)
 
     con = duckdb.connect()  # in memory: the store is closed while we work

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -27,6 +28,11 @@ Connection = duckdb.DuckDBPyConnection
 
 class StoreBusy(RuntimeError):
     """The database stayed locked by another process for longer than the timeout."""
+
+
+def naive_utc(ts: datetime | None) -> datetime | None:
+    """`ts` as the naive UTC every stored timestamp is (a naive `ts` is taken as UTC already)."""
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts is not None and ts.tzinfo else ts
 
 
 def _is_lock_conflict(exc: Exception) -> bool:

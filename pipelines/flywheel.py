@@ -175,10 +175,6 @@ def flywheel_flow(task: str, data_dir: str | None = None) -> dict:
 # --- the feedback trigger
 
 
-def _naive_utc(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
-
-
 def feedback_since_last_turn(settings: Settings, task: str, *, since: datetime | None = None) -> int:
     """Feedback rows on `task`'s interactions received after its last turn (the task's newest
     `deployment_events` row: a promotion, refusal or rollback), or all of them when there was none.
@@ -193,7 +189,7 @@ def feedback_since_last_turn(settings: Settings, task: str, *, since: datetime |
         row = con.execute(
             "SELECT max(ts)::TIMESTAMPTZ AT TIME ZONE 'UTC' FROM deployment_events WHERE project = ? AND task = ?",
             [cfg.project, task]).fetchone()  # fmt: skip
-        bounds = [b for b in (row[0] if row else None, _naive_utc(since) if since else None) if b is not None]
+        bounds = [b for b in (row[0] if row else None, store.naive_utc(since)) if b is not None]
         after = max(bounds) if bounds else datetime(1970, 1, 1)
         return con.execute(
             "SELECT count(*) FROM feedback f JOIN interactions i ON i.project = f.project AND i.id = f.interaction_id"

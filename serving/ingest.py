@@ -159,8 +159,7 @@ async def list_interactions(
     request: Request, project: ProjectDep, task: str | None = None, since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: str | None = None,
 ) -> Response:
-    if since is not None and since.tzinfo is not None:
-        since = since.astimezone(UTC).replace(tzinfo=None)
+    since = store.naive_utc(since)
     rows, next_cursor = await run_in_threadpool(_page, request, project, task=task, since=since, limit=limit,
                                                 cursor=cursor)  # fmt: skip
     return _json({"data": rows, "next_cursor": next_cursor})
