@@ -202,7 +202,7 @@ def register(con, settings, *, version_id: str, project: str, task: str, path: P
                        "SELECT dataset_id, project, interaction_id, split FROM _lineage")  # fmt: skip
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            store.rollback(db)
             raise
     # The report on disk was written before the parent was known; keep it in step with the record.
     (path / "report.md").write_text(report_markdown(version_id, project, task, counts, parent))

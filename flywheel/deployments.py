@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from flywheel.store import Connection
+from flywheel.store import Connection, rollback
 
 ALIASES = ("production", "canary")
 
@@ -52,7 +52,7 @@ def assign(con: Connection, *, project: str, task: str, alias: str, model: str, 
         _event(con, project, task, alias, action, model, previous[0] if previous else None, reason, evidence)
         con.execute("COMMIT")
     except Exception:
-        _rollback(con)
+        rollback(con)
         raise
     return Deployment(project, task, alias, model, share)
 
@@ -66,7 +66,7 @@ def remove(con: Connection, *, project: str, task: str, alias: str, reason: str,
         _event(con, project, task, alias, "remove", None, previous[0] if previous else None, reason, evidence)
         con.execute("COMMIT")
     except Exception:
-        _rollback(con)
+        rollback(con)
         raise
 
 
@@ -92,11 +92,3 @@ def _event(con: Connection, project: str, task: str, alias: str, action: str, mo
         [project, task, alias, action, model, previous, reason,
          orjson.dumps(evidence, default=str).decode() if evidence is not None else None],
     )  # fmt: skip
-
-
-def _rollback(con: Connection) -> None:
-    # A failed COMMIT has already rolled back; don't let the second error hide the first.
-    try:
-        con.execute("ROLLBACK")
-    except Exception:  # noqa: BLE001
-        pass

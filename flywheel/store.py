@@ -10,6 +10,7 @@ Migrations are applied on every read-write open.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -73,6 +74,13 @@ def waiting(db_path: Path) -> bool:
     return False
 
 
+def rollback(con: Connection) -> None:
+    """End a failed transaction. A failed COMMIT has already rolled back; the ROLLBACK's own error
+    must not hide the one that brought us here."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
 def migrate(con: Connection) -> list[int]:
     """Apply the migrations this database has not seen yet; return their versions."""
     con.execute(
@@ -91,7 +99,7 @@ def migrate(con: Connection) -> list[int]:
             con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
             con.execute("COMMIT")
         except Exception:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
         applied.append(version)
     return applied

@@ -18,7 +18,6 @@ Two measured costs shape the commit (DuckDB 2.0, 2 cores, ≈1.2 KB rows):
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import sys
@@ -232,7 +231,6 @@ class Writer:
             new_feedback, unknown = write_feedback(con, rows["feedback"], append=append)
             con.execute("COMMIT")
         except Exception:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
+            store.rollback(con)
             raise
         return (None if append else {"interactions": new_interactions, "feedback": new_feedback}), unknown
