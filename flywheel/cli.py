@@ -248,7 +248,7 @@ def eval_(task: Task, model: Annotated[str, typer.Option(help="The model to benc
     spec = benchmark or (cfg.benchmark if cfg else None)
     if spec is None:
         fail(f"--benchmark: task {task!r} has no benchmark in [tasks.{task}]; pass a spec file", 2)
-    project = cfg.project if cfg else "default"
+    project = settings.project_of(task)
     baseline = baseline or production_model(settings, project, task)
     try:
         with service_key(settings, project) as key:
