@@ -20,7 +20,7 @@ from flywheel.settings import load_settings
 from pipelines.tasks import publish_markdown, retry_unless
 
 
-# Retry store and file-system failures, never a `EvalError`: trying again cannot fix bad input.
+# Retry store and file-system failures, never an `EvalError`: trying again cannot fix bad input.
 _retry_io = retry_unless(EvalError)
 
 

@@ -33,7 +33,7 @@ from flywheel.curation_config import CurationError, DatasetVersion
 from flywheel.settings import Settings, load_settings
 from flywheel.train import Candidate
 from pipelines.loop import Turn, curate_stage, evaluate_stage, promote_stage, service_key, task_settings, train_stage
-from pipelines.tasks import publish_markdown
+from pipelines.tasks import publish_markdown, retry_when
 
 TRIGGER_DEPLOYMENT = "feedback-trigger"
 
@@ -54,12 +54,7 @@ def _transient(exc: BaseException | None) -> bool:
     return False
 
 
-def _retry_io(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - we only classify it
-        return _transient(exc)
-    return False
+_retry_io = retry_when(_transient)
 
 
 def deployment_name(task_name: str) -> str:

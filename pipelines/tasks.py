@@ -8,19 +8,22 @@ from collections.abc import Callable
 from prefect.artifacts import create_markdown_artifact
 
 
-def retry_unless(*permanent: type[BaseException]) -> Callable:
-    """A `retry_condition_fn` that retries any failure except the `permanent` kinds."""
+def retry_when(transient: Callable[[BaseException], bool]) -> Callable:
+    """A `retry_condition_fn` that retries the failures `transient` says another try may fix."""
 
     def condition(task, task_run, state) -> bool:
         try:
             state.result()
-        except permanent:
-            return False
-        except Exception:  # noqa: BLE001 - store and file-system failures: worth another try
-            return True
+        except Exception as exc:  # noqa: BLE001 - only classified here
+            return transient(exc)
         return False
 
     return condition
+
+
+def retry_unless(*permanent: type[BaseException]) -> Callable:
+    """A `retry_condition_fn` that retries any failure except the `permanent` kinds."""
+    return retry_when(lambda exc: not isinstance(exc, permanent))
 
 
 def publish_markdown(prefix: str, task: str, markdown: str, description: str) -> None:
