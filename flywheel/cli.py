@@ -311,8 +311,10 @@ def _prefect_env(settings: Settings) -> None:
     """Prefect without a server unless one is configured: its files under the data folder."""
     import os
 
-    os.environ.setdefault("PREFECT_HOME", str(settings.home.resolve() / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from pipelines.up import prefect_env
+
+    for name, value in prefect_env(settings.home.resolve()).items():
+        os.environ.setdefault(name, value)
 
 
 @app.command()

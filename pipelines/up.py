@@ -59,14 +59,18 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def prefect_env(home: Path) -> dict[str, str]:
+    """Prefect kept under the data folder and offline (no analytics)."""
+    return {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
 def child_env(home: Path, *, api_port: int, prefect_port: int) -> dict[str, str]:
     """The environment of every child: Prefect kept under the data folder, offline, talking to the
     local server; FLYWHEEL_* so flow runs (which load settings from the data folder) find the
     service on the port `up` started it on, even when that differs from flywheel.toml."""
     return {
         **os.environ,
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **prefect_env(home),
         "PREFECT_API_URL": f"http://{HOST}:{prefect_port}/api",
         "FLYWHEEL_HOME": str(home),
         "FLYWHEEL_HOST": HOST,
@@ -125,8 +129,12 @@ def _stop_child(child: Child, first: int, timeout_s: float) -> None:
             continue
         except ProcessLookupError:
             break
+    _kill_group(proc.pid)  # the leader is gone: clear the rest of its group
+
+
+def _kill_group(pid: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the leader is gone: clear the rest of its group
+        os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -141,10 +149,7 @@ def stop_children(children: list[Child]) -> None:
             _stop_child(child, first, timeout_s=20)
     except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
         for child in children:
-            try:
-                os.killpg(child.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            _kill_group(child.proc.pid)
         raise
 
 
