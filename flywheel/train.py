@@ -34,8 +34,7 @@ from typing import Any
 
 from flywheel.recipes import Recipe, dump_recipe, load_recipe, recipe_hash
 from flywheel.settings import Settings
-from flywheel.store import pid_alive
-from flywheel.store import connect
+from flywheel.store import connect, pid_alive
 from flywheel.train_data import BaseModelNotFound, DatasetTooSmall, check_model_source, load_splits
 
 log = logging.getLogger("flywheel.train")
