@@ -9,7 +9,7 @@ Every model Flywheel trains is only as good as this step, so each stage is expli
     → exact dedup (normalised words), keeping the best-labelled member              (SQL)
     → PII re-check: a record that still holds PII after ingestion redaction  (flywheel.pii_scan, .pii)
     → near dedup (MinHash + LSH), keeping the best-labelled member
-    → carry-over: rows tied to what earlier versions held out stay held out
+    → carry-over: rows tied to what earlier versions held out stay held out (sketched too)
     → leak-free split (flywheel.split) and DPO preference pairs
     → content hash → files (flywheel.curation_output) → `datasets` record with lineage
 
@@ -69,7 +69,8 @@ FROM sel LEFT JOIN fb USING (id)
 # The sides earlier versions of the task gave interactions: every interaction any version held
 # out (a benchmark may come from any of them), and the latest version's train side (each version
 # keeps its parent's, so older ones add nothing but rows to read). Held-out ones come with their
-# session and request, whatever the window, so their sessions and prompts stay held out too.
+# session, request and target (latest correction, else the response), whatever the window, so
+# their sessions, prompts and near-duplicates stay held out too.
 HISTORY_SQL = """
 WITH versions AS (SELECT id, created_at FROM datasets WHERE project = $project AND task = $task),
 h AS (
@@ -80,8 +81,13 @@ h AS (
            AND dataset_id = (SELECT id FROM versions ORDER BY created_at DESC, id DESC LIMIT 1))
     GROUP BY interaction_id
 )
-SELECT h.id, h.was_eval, i.session_id, CASE WHEN h.was_eval THEN i.request END AS request
+SELECT h.id, h.was_eval, i.session_id, CASE WHEN h.was_eval THEN i.request END AS request,
+    CASE WHEN h.was_eval THEN coalesce(c.correction, i.response) END AS target
 FROM h LEFT JOIN interactions i ON i.project = $project AND i.id = h.id
+LEFT JOIN (
+    SELECT f.interaction_id, first(f.value ->> '$' ORDER BY f.ts DESC, f.id DESC) AS correction
+    FROM feedback f WHERE f.project = $project AND f.kind = 'correction' GROUP BY f.interaction_id
+) c ON h.was_eval AND c.interaction_id = h.id
 """
 
 # The request is parsed once against a fixed shape (DuckDB's typed `from_json`, ~15x faster
@@ -202,16 +208,30 @@ def _drop(con, rids: np.ndarray | pa.Array, reason: str) -> None:
     con.unregister("_d")
 
 
+def _held_out(con) -> None:
+    """Table `held_out` (id, session_id, pkey, text, rid): what earlier versions held out
+    (`_history`), selected now or not. `rid` is the row's own when it is selected, else one past
+    the selection's, so `_sketch` can sketch it beside them; `text` is what it sketches."""
+    con.execute(f"""
+        CREATE TEMP TABLE held_out AS
+        WITH b AS (SELECT id, session_id, target, from_json(request, '{_REQUEST_SHAPE}') AS r FROM _history WHERE was_eval),
+        p AS (SELECT id, session_id, target, {_PROMPT} AS prompt FROM b),
+        q AS (SELECT id, session_id, {_PROMPT_KEY} AS pkey, lower({_USER_TEXT} || chr(10) || target) AS text FROM p)
+        SELECT q.*, coalesce(rows.rid, (SELECT count(*) FROM rows) + row_number() OVER (ORDER BY q.id) - 1) AS rid
+        FROM q LEFT JOIN rows USING (id)""")  # fmt: skip
+
+
 def _sketch(con, cfg: CurationConfig) -> Sketch:
-    """Exact keys and MinHash signatures of the rows still in play (and of the ones earlier
-    versions held out, for `_carry_over`), in one pass over their normalised text (the user
-    turns and the target), streamed from DuckDB in batches."""
+    """Exact keys and MinHash signatures of the rows still in play and of what earlier versions
+    held out (for `_carry_over`), in one pass over their normalised text (the user turns and the
+    target), streamed from DuckDB in batches."""
     from flywheel.dedup import sketch
 
-    n = con.execute("SELECT count(*) FROM rows").fetchall()[0][0]
+    n = con.execute("SELECT (SELECT count(*) FROM rows) + (SELECT count(*) FROM held_out)").fetchall()[0][0]
     reader = con.sql(f"""
-        SELECT rid, lower({_USER_TEXT} || chr(10) || target) AS text
-        FROM rows WHERE dropped IS NULL OR id IN (SELECT id FROM _history WHERE was_eval)""").to_arrow_reader(batch_size=100_000)  # fmt: skip
+        SELECT rid, lower({_USER_TEXT} || chr(10) || target) AS text FROM rows WHERE dropped IS NULL
+        UNION ALL
+        SELECT rid, text FROM held_out WHERE rid NOT IN (SELECT rid FROM rows WHERE dropped IS NULL)""").to_arrow_reader(batch_size=100_000)  # fmt: skip
     return sketch(((batch.column(0).to_numpy(), batch.column(1)) for batch in reader), n,
                   threshold=cfg.near_dup_threshold, shingle_size=cfg.shingle_size, num_perm=cfg.num_perm, seed=cfg.seed)  # fmt: skip
 
@@ -284,23 +304,17 @@ def _near_dedup(con, cfg: CurationConfig, sk: Sketch) -> None:
 
 
 def _carry_over(con, cfg: CurationConfig, history: pa.Table, sk: Sketch) -> None:
-    """`rows.carried`: the side a kept row must keep because of an earlier version, and table
-    `held_out` (session_id, pkey) of what earlier versions held out (`flywheel.split`).
+    """`rows.carried`: the side a kept row must keep because of an earlier version.
 
     Eval wins: a kept row is held out when it was, or shares a session or a prompt with an
-    interaction held out before (selected now or not), or is an exact or near duplicate of one
-    that is selected now, kept or dropped (`_sketch` sketches those too). Otherwise a row the
-    latest version trained on stays on the train side."""
+    interaction held out before, or is an exact or near duplicate of one (`held_out`: selected
+    now or not, kept or dropped). Otherwise a row the latest version trained on stays on the
+    train side."""
     from flywheel.dedup import near_duplicate_groups
 
-    con.execute(f"""
-        CREATE TEMP TABLE held_out AS
-        WITH b AS (SELECT session_id, from_json(request, '{_REQUEST_SHAPE}') AS r FROM _history WHERE was_eval),
-        p AS (SELECT session_id, {_PROMPT} AS prompt FROM b)
-        SELECT session_id, {_PROMPT_KEY} AS pkey FROM p""")  # fmt: skip
     if history.num_rows:
         kept = _in_play(con)
-        held = con.sql("SELECT rid FROM rows JOIN _history USING (id) WHERE was_eval").fetchnumpy()["rid"]
+        held = con.sql("SELECT rid FROM held_out").fetchnumpy()["rid"]
         linked = np.zeros(len(sk.valid), dtype=bool)
         linked[kept] = linked[held] = True
         group = near_duplicate_groups(sk, linked, cfg.near_dup_threshold)
@@ -349,7 +363,8 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
     try:
         _prepare(con, sel, cfg)
         del sel
-        con.register("_history", history)  # read by _sketch and _carry_over
+        con.register("_history", history)  # read by _held_out and _carry_over
+        _held_out(con)
         sk = _sketch(con, cfg)
         _exact_dedup(con, sk)
         if cfg.pii_check:

@@ -294,6 +294,7 @@ def test_sticky_split_follows_what_was_held_out_even_when_dropped_or_outside_the
     assert len(xs) >= 4 and len(sessions) >= 3 and len(others) >= 4
     late = T0 + timedelta(hours=2)
     new, feedback = [], []
+    xs, later = xs[: len(xs) // 2], xs[len(xs) // 2 :]
     for n, x in enumerate(xs):  # a near-duplicate arrives; the held-out one is dropped now:
         words = near[x].split()
         words[40] = "edited"
@@ -319,10 +320,17 @@ def test_sticky_split_follows_what_was_held_out_even_when_dropped_or_outside_the
     pairs = datasets.load_from_disk(str(second.path / "preference"))["train"] if second.counts["preference_pairs"] else []
     assert not {p["chosen_id"] for p in pairs} & set(others[:2])
     assert second.counts["preference_eval_overlap"] >= 2
-    # Only the new traffic selected: the held-out sessions and prompts are outside the window.
+    # Only the new traffic selected: the held-out sessions, prompts and near-duplicates are
+    # outside the window.
+    for x in later:
+        words = near[x].split()
+        words[60] = "changed"
+        new.append(interaction(f"v-{x}", " ".join(words), answer[x], minute=140))
+    fill(settings, new[-len(later) :])
     windowed = curate(settings, task="support", config=cfg, since=late)
     side = {r["interaction_id"]: split for split in ("train", "eval") for r in sft_rows(windowed, split)}
     assert all(side[f"s{j}-2"] == "eval" for j in sessions) and all(side[f"again-{i}"] == "eval" for i in others[2:])
+    assert all(side[f"v-{x}"] == "eval" for x in later) and not set(later) & set(side)
 
 
 def test_assert_leak_free_catches_a_crossing_session():
