@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -152,20 +153,27 @@ def write_version(tables: dict[str, pa.Table], path: Path, version_id: str, proj
 
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     (tmp / "parquet").mkdir(parents=True)
+    pairs = tables["preference-train"]
+
+    def write_parquet() -> None:
+        for name, table in tables.items():
+            if table.num_rows or name.startswith("sft"):  # (no preference file without pairs)
+                pq.write_table(table, tmp / "parquet" / f"{name}.parquet")
+
     try:
-        sft = {}
-        for split in ("train", "eval"):
-            table = tables[f"sft-{split}"]
-            pq.write_table(table, tmp / "parquet" / f"sft-{split}.parquet")
+        # The Parquet files are written on a second thread while `datasets` writes its own
+        # (Arrow releases the GIL): ~0.6 s of 2 s at 1M rows.
+        with ThreadPoolExecutor(1) as pool:
+            parquet = pool.submit(write_parquet)
             # (a fingerprint given: else `datasets` hashes every row with dill, half the write time)
-            sft[split] = datasets.Dataset(_nonempty(table), fingerprint=f"{version_id}-sft-{split}")
-        # An empty split saved with zero shards cannot be loaded back (datasets 5): give it one.
-        shards = {split: 1 for split, ds in sft.items() if ds.num_rows == 0}
-        datasets.DatasetDict(sft).save_to_disk(str(tmp / "sft"), num_shards=shards or None)
-        pairs = tables["preference-train"]
-        if pairs.num_rows:
-            pq.write_table(pairs, tmp / "parquet" / "preference-train.parquet")
-            datasets.DatasetDict({"train": datasets.Dataset(pairs, fingerprint=f"{version_id}-preference")}).save_to_disk(str(tmp / "preference"))
+            sft = {split: datasets.Dataset(_nonempty(tables[f"sft-{split}"]), fingerprint=f"{version_id}-sft-{split}")
+                   for split in ("train", "eval")}  # fmt: skip
+            # An empty split saved with zero shards cannot be loaded back (datasets 5): give it one.
+            shards = {split: 1 for split, ds in sft.items() if ds.num_rows == 0}
+            datasets.DatasetDict(sft).save_to_disk(str(tmp / "sft"), num_shards=shards or None)
+            if pairs.num_rows:
+                datasets.DatasetDict({"train": datasets.Dataset(pairs, fingerprint=f"{version_id}-preference")}).save_to_disk(str(tmp / "preference"))
+            parquet.result()
         (tmp / "report.md").write_text(report_markdown(version_id, project, task, counts, None))
         manifest = {"id": version_id, "project": project, "task": task, "counts": counts}
         (tmp / "curation.json").write_text(json.dumps(manifest, indent=2))
