@@ -20,6 +20,7 @@ estimated Jaccard (16 bits a bin) reaches the threshold, and returns the connect
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -191,19 +192,23 @@ def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
     bucket size; the components come out the same.
     """
     ids = np.flatnonzero(valid)
-    heads, members = [], []
-    for b in range(keys.shape[1]):
+
+    def band(b: int) -> tuple[np.ndarray, np.ndarray]:
         k = keys[ids, b]
-        order = np.argsort(k, kind="stable")  # stable: ties keep row order, so the head is the lowest row
+        order = np.argsort(k)  # (not stable: 4x faster; the head is taken as the bucket's minimum)
         ks, rs = k[order], ids[order]
         new = np.ones(len(ks), dtype=bool)
         new[1:] = ks[1:] != ks[:-1]
-        head_pos = np.maximum.accumulate(np.where(new, np.arange(len(ks)), 0))
-        dup = ~new
-        heads.append(rs[head_pos[dup]])
-        members.append(rs[dup])
-    if not heads:
+        if not len(ks):
+            return rs, rs
+        head = np.minimum.reduceat(rs, np.flatnonzero(new))[np.cumsum(new) - 1]
+        member = rs != head
+        return head[member], rs[member]
+
+    if not keys.shape[1]:
         return np.empty(0, np.int64), np.empty(0, np.int64)
+    with ThreadPoolExecutor(2) as pool:  # (numpy sorts without the GIL)
+        heads, members = zip(*pool.map(band, range(keys.shape[1])), strict=True)
     n = np.int64(len(valid))
     codes = np.unique(np.concatenate(heads) * n + np.concatenate(members))
     return codes // n, codes % n

@@ -1,5 +1,6 @@
 """Duplicate detection on its own: exact keys ignore case/punctuation/spacing only, the MinHash
-estimate tracks the true Jaccard similarity, and LSH finds planted near-duplicates."""
+estimate tracks the true Jaccard similarity, and LSH finds planted near-duplicates (each bucket
+member linked to its lowest row)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import numpy as np
 import pyarrow as pa
 
-from flywheel.dedup import near_duplicate_groups, sketch
+from flywheel.dedup import candidate_pairs, near_duplicate_groups, sketch
 
 WORDS = [f"w{i}" for i in range(2000)]
 
@@ -71,3 +72,12 @@ def test_lsh_finds_planted_near_duplicates_and_nothing_else():
     in_play[list(twin.values())] = False
     alone = near_duplicate_groups(sk, in_play, 0.8)
     assert all(alone[a] == a for a in twin)
+
+
+def test_candidate_pairs_link_each_bucket_member_to_its_lowest_valid_row():
+    # Band 0 buckets: {0, 2, 5} and {1, 4}; band 1: {3, 5}. Row 0 is not valid (no words).
+    keys = np.array([[7, 1], [8, 2], [7, 3], [9, 4], [8, 5], [7, 4]], dtype=np.uint64)
+    valid = np.array([False, True, True, True, True, True])
+    u, v = candidate_pairs(keys, valid)
+    assert sorted(zip(u.tolist(), v.tolist(), strict=True)) == [(1, 4), (2, 5), (3, 5)]
+    assert [len(a) for a in candidate_pairs(keys, np.zeros(6, bool))] == [0, 0]
