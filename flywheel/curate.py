@@ -18,7 +18,7 @@ gave it) into Arrow, to see whether the version exists, and to register it (DESI
 the file longer than one unit of work; the ingestion server is waiting). All work in between
 runs on an in-memory DuckDB over Arrow, set-at-a-time, and in numba over Arrow's bytes; no Python
 runs per row except the PII patterns, on the few records a compiled scan flags as possibly holding
-PII. (1M interactions: ~16 s, ~3.2 GB peak, `bench/curate.py`.) The config and result types
+PII. (1M interactions: ~14.5 s, ~3.3 GB peak, `bench/curate.py`.) The config and result types
 live in `flywheel.curation_config`.
 """
 
