@@ -192,6 +192,8 @@ def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
     bucket size; the components come out the same.
     """
     ids = np.flatnonzero(valid)
+    if not len(ids) or not keys.shape[1]:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
 
     def band(b: int) -> tuple[np.ndarray, np.ndarray]:
         k = keys[ids, b]
@@ -199,14 +201,10 @@ def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
         ks, rs = k[order], ids[order]
         new = np.ones(len(ks), dtype=bool)
         new[1:] = ks[1:] != ks[:-1]
-        if not len(ks):
-            return rs, rs
         head = np.minimum.reduceat(rs, np.flatnonzero(new))[np.cumsum(new) - 1]
         member = rs != head
         return head[member], rs[member]
 
-    if not keys.shape[1]:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
     with ThreadPoolExecutor(2) as pool:  # (numpy sorts without the GIL)
         heads, members = zip(*pool.map(band, range(keys.shape[1])), strict=True)
     n = np.int64(len(valid))
