@@ -6,8 +6,8 @@ Every model Flywheel trains is only as good as this step, so each stage is expli
     → targets: a correction beats the logged response; negative feedback without one is dropped
     → filters: failed calls, malformed messages, empty, oversized, regex rules      (SQL)
     → exact keys and MinHash signatures: one compiled pass over the text    (flywheel.dedup)
-    → exact dedup (normalised words), keeping the best-labelled member              (SQL)
     → PII re-check: a record that still holds PII after ingestion redaction  (flywheel.pii_scan, .pii)
+    → exact dedup (normalised words), keeping the best-labelled member              (SQL)
     → near dedup (MinHash + LSH), keeping the best-labelled member
     → carry-over: rows tied to what earlier versions held out stay held out (sketched too)
     → leak-free split (flywheel.split) and DPO preference pairs
@@ -69,7 +69,7 @@ FROM sel LEFT JOIN fb USING (id)
 # The sides earlier versions of the task gave interactions: every interaction any version held
 # out (a benchmark may come from any of them), and the latest version's train side (each version
 # keeps its parent's, so older ones add nothing but rows to read). Held-out ones come with their
-# session, request and target (latest correction, else the response), whatever the window, so
+# session, request and target (latest non-blank correction, else the response), whatever the window, so
 # their sessions, prompts and near-duplicates stay held out too.
 HISTORY_SQL = """
 WITH versions AS (SELECT id, created_at FROM datasets WHERE project = $project AND task = $task),
@@ -82,7 +82,7 @@ h AS (
     GROUP BY interaction_id
 )
 SELECT h.id, h.was_eval, i.session_id, CASE WHEN h.was_eval THEN i.request END AS request,
-    CASE WHEN h.was_eval THEN coalesce(c.correction, i.response) END AS target
+    CASE WHEN h.was_eval THEN CASE WHEN NOT regexp_full_match(c.correction, '\\s*') THEN c.correction ELSE i.response END END AS target
 FROM h LEFT JOIN interactions i ON i.project = $project AND i.id = h.id
 LEFT JOIN (
     SELECT f.interaction_id, first(f.value ->> '$' ORDER BY f.ts DESC, f.id DESC) AS correction
@@ -111,7 +111,7 @@ _PROMPT_TEXT = "array_to_string(list_transform(prompt, lambda m: m.content), chr
 _USER_TEXT = "array_to_string(list_transform(list_filter(prompt, lambda m: m.role <> 'system'), lambda m: m.content), chr(10))"
 _PROMPT_KEY = f"hash(lower({_USER_TEXT}))"  # what links rows with the same prompt (split, pairs)
 STAGES = ("failed_call", "negative_feedback", "unlabelled", "malformed", "empty", "oversized",
-          "rule_exclude", "rule_include", "exact_duplicate", "pii", "near_duplicate")  # fmt: skip
+          "rule_exclude", "rule_include", "pii", "exact_duplicate", "near_duplicate")  # fmt: skip
 
 
 def _blank(column: str) -> str:
@@ -307,19 +307,16 @@ def _carry_over(con, cfg: CurationConfig, history: pa.Table, sk: Sketch) -> None
     """`rows.carried`: the side a kept row must keep because of an earlier version.
 
     Eval wins: a kept row is held out when it was, or shares a session or a prompt with an
-    interaction held out before, or is an exact or near duplicate of one (`held_out`: selected
-    now or not, kept or dropped). Otherwise a row the latest version trained on stays on the
-    train side."""
+    interaction held out before, or is in one near-duplicate group with one (`held_out`:
+    selected now or not, kept or dropped). Groups chain through every row sketched, dropped
+    ones too, as near-dedup's own groups do; an exact duplicate is a near duplicate."""
     from flywheel.dedup import near_duplicate_groups
 
     if history.num_rows:
         kept = _in_play(con)
         held = con.sql("SELECT rid FROM held_out").fetchnumpy()["rid"]
-        linked = np.zeros(len(sk.valid), dtype=bool)
-        linked[kept] = linked[held] = True
-        group = near_duplicate_groups(sk, linked, cfg.near_dup_threshold)
-        words = held[sk.valid[held]]
-        tied = np.isin(group[kept], group[held]) | (sk.valid[kept] & np.isin(sk.exact[kept], sk.exact[words]))
+        group = near_duplicate_groups(sk, np.ones(len(sk.valid), dtype=bool), cfg.near_dup_threshold)
+        tied = np.isin(group[kept], group[held[sk.valid[held]]])
         con.register("_tied", pa.table({"rid": kept, "tied": tied}))
         con.execute("""
             UPDATE rows SET carried = c.side FROM (
@@ -366,9 +363,11 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
         con.register("_history", history)  # read by _held_out and _carry_over
         _held_out(con)
         sk = _sketch(con, cfg)
-        _exact_dedup(con, sk)
+        # PII before dedup: the best-labelled member of a group must be one that can be kept
+        # (its response or correction may hold PII where its duplicates' do not).
         if cfg.pii_check:
             _pii_check(con, cfg.pii_kinds)
+        _exact_dedup(con, sk)
         _near_dedup(con, cfg, sk)
         _carry_over(con, cfg, history, sk)
         del sk, history

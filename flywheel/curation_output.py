@@ -49,8 +49,8 @@ STAGE_LABELS = {
     "oversized": "over max_tokens",
     "rule_exclude": "regex exclude rules",
     "rule_include": "regex include rules not matched",
-    "exact_duplicate": "exact duplicates",
     "pii": "PII after redaction",
+    "exact_duplicate": "exact duplicates",
     "near_duplicate": "near duplicates (MinHash)",
 }
 

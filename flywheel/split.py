@@ -58,7 +58,7 @@ def split(con, cfg) -> dict[str, int]:
             SELECT *,
                 round($frac * count(*) OVER (PARTITION BY stratum))
                     - count(CASE WHEN carried = 'eval' THEN 1 END) OVER (PARTITION BY stratum) AS open,
-                row_number() OVER (PARTITION BY stratum, carried ORDER BY md5($seed || ':' || unit_key), unit_key) AS r
+                row_number() OVER (PARTITION BY stratum, carried ORDER BY md5($seed || ':' || unit_key), unit_key, unit) AS r
             FROM u
         )
         SELECT unit, carried, coalesce(carried, CASE WHEN r <= open THEN 'eval' ELSE 'train' END) AS split

@@ -9,13 +9,14 @@ import random
 from datetime import datetime, timedelta
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from flywheel import store
 from flywheel.curate import CurationConfig, CurationError, curate
-from flywheel.dedup import components
+from flywheel.dedup import components, estimated_jaccard, near_duplicate_groups, sketch
 from flywheel.settings import load_settings
 from flywheel.split import LeakError, _assert_leak_free
 
@@ -193,6 +194,19 @@ def test_dedup_keeps_best_labelled_member(settings):
     assert "g-near-good" in kept and not kept & {"g0", "g1", "g2", "g3"}
 
 
+def test_dedup_keeps_a_clean_member_when_the_best_one_holds_pii(settings):
+    """The corrected duplicate would win, but its logged response holds an e-mail address: it is
+    dropped for PII first, and its clean duplicate is kept (not dropped as a duplicate of it)."""
+    rng = random.Random(6)
+    prompt, fixed = "how do I change the delivery address of my parcel", "Open your order page and edit the address."
+    rows = [interaction("leaky", prompt, "write to bob.smith@example.com, he fixes it", minute=1),
+            interaction("clean", prompt, fixed, minute=0)]  # fmt: skip
+    fill(settings, rows + background(rng, 10), [fb("leaky", "correction", fixed)])
+    version = curate(settings, task="support", config=CurationConfig(min_examples=5))
+    assert "clean" in {r["interaction_id"] for r in sft_rows(version)}
+    assert (version.counts["pii"], version.counts["exact_duplicate"]) == (1, 0)
+
+
 def test_split_is_leak_free_with_planted_near_duplicates(settings):
     rng = random.Random(5)
     rows = []
@@ -331,6 +345,39 @@ def test_sticky_split_follows_what_was_held_out_even_when_dropped_or_outside_the
     side = {r["interaction_id"]: split for split in ("train", "eval") for r in sft_rows(windowed, split)}
     assert all(side[f"s{j}-2"] == "eval" for j in sessions) and all(side[f"again-{i}"] == "eval" for i in others[2:])
     assert all(side[f"v-{x}"] == "eval" for x in later) and not set(later) & set(side)
+
+
+def test_sticky_split_follows_near_duplicate_chains_through_dropped_rows(settings):
+    """H was held out; N1 is a near-duplicate of H and N2 of N1, but N2 is not one of H. N2 has
+    a thumbs-up, so near-dedup keeps it and drops H and N1: N2 is still tied to H, through N1."""
+    rng = random.Random(21)
+    cfg = CurationConfig(min_examples=5, eval_fraction=0.3)
+    base = {f"h{j}": (sentence(rng, 30), sentence(rng, 12)) for j in range(40)}
+    fill(settings, [interaction(h, q, a) for h, (q, a) in base.items()] + [dict(r, session_id=None) for r in background(rng, 40)])
+    held = {r["interaction_id"] for r in sft_rows(curate(settings, task="support", config=cfg), "eval")} & set(base)
+
+    def edit(text: str, i: int) -> str:
+        words = text.split()
+        words[i] = f"edited{i}"
+        return " ".join(words)
+
+    new, feedback, chains = [], [], []
+    for h in sorted(held):
+        q, a = base[h]
+        texts = [q, edit(q, 8), edit(edit(q, 8), 20)]
+        new += [interaction(f"{h}-n1", texts[1], a, minute=130), interaction(f"{h}-n2", texts[2], a, minute=131)]
+        feedback.append(fb(f"{h}-n2", "thumbs", True, minute=132))
+        # Which triples chain only through N1, as curation sketches them (user text + target).
+        sk = sketch([(np.arange(3), pa.array([f"{t}\n{a}".lower() for t in texts]))], 3, threshold=cfg.near_dup_threshold,
+                    shingle_size=cfg.shingle_size, num_perm=cfg.num_perm, seed=cfg.seed)  # fmt: skip
+        group = near_duplicate_groups(sk, np.ones(3, bool), cfg.near_dup_threshold)
+        if group[0] == group[2] and estimated_jaccard(sk.sig16, np.array([0]), np.array([2]))[0] < cfg.near_dup_threshold:
+            chains.append(h)
+    fill(settings, new + background(rng, 30, start=7000, minute=130), feedback)
+    side = {r["interaction_id"]: split for split in ("train", "eval")
+            for r in sft_rows(curate(settings, task="support", config=cfg), split)}  # fmt: skip
+    assert len(chains) >= 3
+    assert all(side[f"{h}-n2"] == "eval" and h not in side and f"{h}-n1" not in side for h in chains)
 
 
 def test_assert_leak_free_catches_a_crossing_session():
