@@ -101,6 +101,10 @@ class Writer:
     def submit(self, kind: str, rows: list[tuple]) -> Future:
         """Queue rows for the next commit; the future resolves to an `Outcome` once committed."""
         future: Future = Future()
+        # Running from the start, so it cannot be cancelled: a request that stops waiting (ack
+        # timeout) cancels its asyncio wrapper, and a cancelled future would make the writer's
+        # set_result raise and end its thread; the rows are committed all the same.
+        future.set_running_or_notify_cancel()
         with self._cond:
             if self._stopping:
                 raise QueueFull("the service is shutting down")

@@ -115,6 +115,26 @@ def test_full_queue_answers_503_with_retry_after_and_recovers(tmp_path):
     assert load.acked <= set(ids) and len(ids) == len(set(ids))
 
 
+def test_an_ack_timeout_does_not_stop_the_writer(tmp_path):
+    """A request that gave up waiting (503 ack_timeout) while another process held the database:
+    its rows are still committed, and the service goes on acknowledging."""
+    key = make_keys(tmp_path, "acme")["acme"]
+    server = Server(tmp_path, env={"FLYWHEEL_INGEST__ACK_TIMEOUT_S": "1"}).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, headers=auth(key)) as client:
+            def post(i: str) -> httpx.Response:
+                return client.post("/v1/interactions", json={"interactions": [interaction(i, task="ack")]})
+
+            with store.connect(load_settings(tmp_path).db_path):
+                late = post("ack-late")
+            assert late.status_code == 503 and late.json()["error"]["code"] == "ack_timeout"
+            after = [post(f"ack-after-{n}") for n in range(3)]
+            assert [r.status_code for r in after] == [200, 200, 200]
+    finally:
+        assert server.stop()
+    assert sorted(stored_ids(tmp_path, "ack")) == ["ack-after-0", "ack-after-1", "ack-after-2", "ack-late"]
+
+
 def test_graceful_shutdown_flushes_and_exits_cleanly(tmp_path):
     key = make_keys(tmp_path, "acme")["acme"]
     server = Server(tmp_path).start()
