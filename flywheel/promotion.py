@@ -23,6 +23,11 @@ class PromotionError(RuntimeError):
     """The candidate could not be put in service; no alias moved."""
 
 
+QUALITY_RULES = ("better", "not distinguishable")
+# What the serving tier answers when the model is loaded already (ours, then vLLM's).
+_ALREADY_LOADED = ("is already loaded", "is already a model name", "has already been loaded")
+
+
 @dataclass
 class GateConfig:
     """When a candidate may replace production (under `[gate]` in a loop config)."""
@@ -31,6 +36,10 @@ class GateConfig:
     equal_quality_max_cost_ratio: float = field(default=0.5, metadata={"help": "A 'not distinguishable' quality still passes when the candidate costs at most this fraction of the incumbent."})
     max_latency_p95_ms: float | None = field(default=None, metadata={"help": "Refuse a candidate slower than this at p95."})
     max_cost_per_1k_usd: float | None = field(default=None, metadata={"help": "Refuse a candidate dearer than this per 1,000 requests."})
+
+    def __post_init__(self) -> None:
+        if self.quality not in QUALITY_RULES:  # a typo must not loosen the gate
+            raise ValueError(f"gate.quality: expected one of {', '.join(map(repr, QUALITY_RULES))}, got {self.quality!r}")
 
 
 @dataclass
@@ -73,7 +82,7 @@ def decide(evidence: Evidence, gate: GateConfig | None = None) -> Decision:
         ratio = evidence.cost_per_1k_usd / evidence.incumbent_cost_per_1k_usd
     if quality == "better":
         passes.append("quality better than the incumbent (significant)")
-    elif quality == "not distinguishable" and gate.quality != "better":
+    elif quality == "not distinguishable" and gate.quality == "not distinguishable":
         passes.append("quality not distinguishable from the incumbent")
     elif quality == "not distinguishable" and ratio is not None and ratio <= gate.equal_quality_max_cost_ratio:
         passes.append(f"quality not distinguishable at {ratio:.2f}x the incumbent's cost")
@@ -82,11 +91,16 @@ def decide(evidence: Evidence, gate: GateConfig | None = None) -> Decision:
     for dimension in ("latency", "cost"):
         if evidence.verdicts.get(dimension) == "worse" and quality != "better":
             refusals.append(f"{dimension} is worse and quality does not make up for it")
-    if gate.max_latency_p95_ms is not None and (evidence.latency_p95_ms or float("inf")) > gate.max_latency_p95_ms:
+    # (an unmeasured figure is over any bound; a measured 0, e.g. a local model's cost, is not)
+    if gate.max_latency_p95_ms is not None and _or_inf(evidence.latency_p95_ms) > gate.max_latency_p95_ms:
         refusals.append(f"latency p95 {evidence.latency_p95_ms} ms is over the bound of {gate.max_latency_p95_ms} ms")
-    if gate.max_cost_per_1k_usd is not None and (evidence.cost_per_1k_usd or float("inf")) > gate.max_cost_per_1k_usd:
+    if gate.max_cost_per_1k_usd is not None and _or_inf(evidence.cost_per_1k_usd) > gate.max_cost_per_1k_usd:
         refusals.append(f"cost {evidence.cost_per_1k_usd} $/1k is over the bound of {gate.max_cost_per_1k_usd} $/1k")
     return Decision(not refusals, refusals or passes, {"gate": asdict(gate), **asdict(evidence)})
+
+
+def _or_inf(value: float | None) -> float:
+    return float("inf") if value is None else value
 
 
 def http_loader(base_url: str, api_key: str, route: str | None = None) -> Callable[[str, str], None]:
@@ -99,7 +113,8 @@ def http_loader(base_url: str, api_key: str, route: str | None = None) -> Callab
                            headers={"Authorization": f"Bearer {api_key}"}, timeout=300)  # fmt: skip
         except httpx.HTTPError as exc:
             raise PromotionError(f"the serving tier at {base_url} is unreachable: {exc}") from exc
-        if r.status_code != 200 and "already" not in r.text:
+        already = f"'{name}'" in r.text and any(answer in r.text for answer in _ALREADY_LOADED)
+        if r.status_code != 200 and not already:
             raise PromotionError(f"the serving tier refused to load {name!r}: {r.status_code} {r.text[:300]}")
 
     return load
@@ -126,10 +141,12 @@ def promote(settings: Settings, *, project: str, task: str, model: str, path: st
 
 
 def rollback(settings: Settings, *, project: str, task: str, reason: str = "manual rollback") -> deployments.Deployment:
-    """Give `production` back to the model that held it before the last change."""
+    """Give `production` back to the model that held it before the last change (a promotion of
+    the model already in production, e.g. to reload it, is no change)."""
     with store.connect(settings.db_path) as con:
         events = [e for e in deployments.history(con, project=project, task=task)
-                  if e["alias"] == "production" and e["action"] in ("promote", "rollback")]  # fmt: skip
+                  if e["alias"] == "production" and e["action"] in ("promote", "rollback")
+                  and e["model"] != e["previous_model"]]  # fmt: skip
         if not events or events[-1]["previous_model"] is None:
             raise PromotionError(f"task {task!r} has no previous production model to roll back to")
         last = events[-1]

@@ -74,6 +74,16 @@ class TaskSettings(BaseModel):
     schedule: str | None = Field("0 3 * * *", description="Cron schedule of the retraining flow (`flywheel up`).")
     min_new_feedback: int | None = Field(None, description="Also turn the loop when this much new feedback arrived.")
 
+    @model_validator(mode="after")
+    def _gate_is_valid(self) -> TaskSettings:
+        from flywheel.promotion import GateConfig  # (promotion imports this module)
+
+        try:
+            GateConfig(**self.gate)  # at load time, not when a turn reaches its gate
+        except TypeError as exc:
+            raise ValueError(f"gate: {exc}") from None
+        return self
+
 
 class ProjectSettings(BaseModel):
     """Per-project overrides, under `[projects.NAME]` in flywheel.toml."""

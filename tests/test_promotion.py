@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+
 import msgspec
 import pytest
 
 from flywheel import store
 from flywheel.deployments import assign, deployments, history
 from flywheel.interactions import write_feedback, write_interactions
-from flywheel.promotion import (CanaryRule, Evidence, GateConfig, PromotionError, decide, promote, rollback,
+from flywheel.promotion import (CanaryRule, Evidence, GateConfig, PromotionError, decide, http_loader, promote, rollback,
                                 settle_canary)  # fmt: skip
 from flywheel.records import Limits, feedback_row, interaction_row
 from flywheel.settings import load_settings
@@ -109,3 +112,51 @@ def test_canary_is_rolled_back_or_promoted_by_live_feedback(settings):
     _traffic(settings, "good", 30, up=29, start=0)
     assert settle_canary(settings, project="p", task="t", rule=rule) == "promoted"
     assert production(settings) == "good"
+
+
+def test_a_free_local_candidate_passes_a_cost_bound_and_a_gate_typo_is_an_error(tmp_path):
+    free = Evidence(**{**GOOD.__dict__, "cost_per_1k_usd": 0.0})
+    assert decide(free, GateConfig(max_cost_per_1k_usd=1.0)).promote
+    unmeasured = Evidence(**{**GOOD.__dict__, "cost_per_1k_usd": None})
+    assert not decide(unmeasured, GateConfig(max_cost_per_1k_usd=1.0)).promote
+    with pytest.raises(ValueError, match="gate.quality: expected one of 'better', 'not distinguishable', got 'beter'"):
+        GateConfig(quality="beter")
+    (tmp_path / "flywheel.toml").write_text('[tasks.t.gate]\nquality = "worse"\n')
+    with pytest.raises(ValueError, match="gate.quality"):
+        load_settings(tmp_path)
+
+
+def test_rollback_skips_a_reload_of_the_same_model(settings):
+    for model in ("cand-1", "cand-2", "cand-2"):  # the second cand-2: reloaded after a restart
+        promote(settings, project="p", task="t", model=model, path="/m", decision=decide(GOOD), load=lambda n, p: None)
+    rollback(settings, project="p", task="t")
+    assert production(settings) == "cand-1"
+
+
+@pytest.mark.parametrize(("answer", "loaded"), [
+    ("lora_name: adapter 'cand' is already loaded", True),
+    ("The lora adapter 'cand' has already been loaded.", True),  # vLLM's words
+    ("lora_path: cannot load '/models/already-shipped/cand': not a folder on the serving machine", False),
+])  # fmt: skip
+def test_http_loader_takes_only_an_already_loaded_answer_as_loaded(answer, loaded):
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(answer.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        load = http_loader(f"http://127.0.0.1:{server.server_port}", "key")
+        if loaded:
+            load("cand", "/models/cand")
+        else:
+            with pytest.raises(PromotionError, match="refused to load 'cand'"):
+                load("cand", "/models/already-shipped/cand")
+    finally:
+        server.shutdown()
