@@ -2,8 +2,8 @@
 
 The key is the content hash of an example's prompt (`evals.spec.prompt_hash`: roles and
 whitespace-normalised text), so the same question counts as seen whatever its id or reference.
-The training data is a curated dataset version's `train` split (HF `DatasetDict`, the version
-folder or its `sft/` copy) or a JSONL of `messages` rows. Given a model id or path, the dataset
+The training data is a curated dataset version's `train` splits (HF `DatasetDict`s: the version
+folder's `sft/` and `preference/`, or one such folder) or a JSONL of `messages` rows. Given a model id or path, the dataset
 it was trained on is found through the `models` → `datasets` lineage.
 """
 
@@ -17,26 +17,33 @@ from evals.types import ContaminationError, EvalError, Example
 
 
 def training_prompt_hashes(path: Path | str, split: str = "train") -> set[str]:
-    """Prompt hashes of every training row (the messages before the final assistant target)."""
+    """Prompt hashes of every training row: the messages before the final assistant target of
+    an SFT row, the `prompt` of a preference (DPO) row. A version folder gives both: its `sft/`
+    and its `preference/` (which holds prompts SFT dropped, e.g. thumbed-down answers)."""
     path = Path(path)
     if path.is_file():  # JSONL of {"messages": [...]}
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     else:
         from datasets import load_from_disk
 
-        folder = next((p for p in (path, path / "sft") if (p / "dataset_dict.json").exists()), None)
-        if folder is None:
+        folders = [p for p in (path, path / "sft", path / "preference") if (p / "dataset_dict.json").exists()]
+        if not folders:
             raise EvalError(f"contamination check: no training dataset (HF DatasetDict) at {path}")
-        ds = load_from_disk(str(folder))
-        if split not in ds:
-            raise EvalError(f"contamination check: dataset {folder} has no {split!r} split (has {list(ds)})")
-        rows = ds[split].to_list()
-    hashes = set()
-    for row in rows:
-        msgs = row.get("messages") or []
-        prompt = msgs[:-1] if msgs and msgs[-1].get("role") == "assistant" else msgs
-        hashes.add(prompt_hash(prompt))
-    return hashes
+        rows = []
+        for folder in folders:
+            ds = load_from_disk(str(folder))
+            if split not in ds:
+                raise EvalError(f"contamination check: dataset {folder} has no {split!r} split (has {list(ds)})")
+            rows += ds[split].to_list()
+    return {prompt_hash(_prompt(row)) for row in rows}
+
+
+def _prompt(row: dict) -> list[dict]:
+    if "prompt" in row:
+        prompt = row["prompt"]
+        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    msgs = row.get("messages") or []
+    return msgs[:-1] if msgs and msgs[-1].get("role") == "assistant" else msgs
 
 
 def check_contamination(examples: list[Example], train_path: Path | str) -> None:

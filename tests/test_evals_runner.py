@@ -4,6 +4,7 @@ a real OpenAI-compatible HTTP endpoint (and one that fails), a tiny local model,
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -119,6 +120,13 @@ def test_contamination_is_refused(env):
     with pytest.raises(ContaminationError):
         evaluate(settings, project="acme", task="triage", benchmark=spec, sampler=FunctionSampler(rule, model="m-1"))
     assert rows(settings, "SELECT count(*) FROM eval_runs")[0][0] == 0
+    # A version whose SFT side is clean but whose preference pairs (DPO) use benchmark prompts.
+    shutil.copytree(tmp / "ds" / "sft", tmp / "version" / "sft")
+    pairs = [{"prompt": r["messages"][:-1], "chosen": r["messages"][-1:], "rejected": [{"role": "assistant", "content": "no"}]}
+             for r in leaked[:2]]  # fmt: skip
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(pairs)}).save_to_disk(str(tmp / "version" / "preference"))
+    with pytest.raises(ContaminationError, match=r"2 of 60 benchmark example\(s\)"):
+        evaluate(settings, project="acme", task="triage", benchmark=spec, sampler=FunctionSampler(rule), train_dataset=tmp / "version")
 
 
 @pytest.fixture(scope="module")
