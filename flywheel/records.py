@@ -18,7 +18,7 @@ from flywheel import pii
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 TaskName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-Count = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]  # (stored as INTEGER)
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 FEEDBACK_KINDS = ("thumbs", "rating", "label", "correction")
@@ -105,7 +105,10 @@ def _now() -> datetime:
 def _utc(ts: datetime | None, now: datetime) -> datetime:
     if ts is None:
         return now
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+    try:
+        return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00
+        raise ItemError("ts: out of range once converted to UTC") from None
 
 
 # System prompts repeat on nearly every call of a task, so their redaction is remembered:

@@ -43,7 +43,7 @@ def _body(raw: bytes, kind: type):
         message, _, where = str(exc).partition(" - at `$.")
         param = where.rstrip("`") or (message.split("`")[1] if "`" in message else None)
         raise ApiError(400, f"{param}: {message}", param=param, code="invalid_parameter") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ApiError(400, f"malformed JSON: {exc}", code="malformed_json") from None
 
 

@@ -38,7 +38,7 @@ ID_HEADER = "x-flywheel-interaction-id"
 def _parse(body: bytes, kind: type) -> tuple[Any, dict]:
     try:
         raw = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # (RecursionError: nested too deeply)
         raise ApiError(400, f"malformed JSON: {exc}", code="malformed_json") from None
     if not isinstance(raw, dict):
         raise ApiError(400, "expected a JSON object", code="invalid_body")
@@ -75,7 +75,7 @@ class _Call:
             "id": self.id, "task": self.task, "model": target.model_id, **self.input, "params": self.params or None,
             "response": text, "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
             "prompt_tokens": p, "completion_tokens": c, "cost_usd": recording.cost_usd(target.route, p, c),
-            "status": "error" if error else "ok", "user_id": self.req.user, "metadata": metadata,
+            "status": "error" if error else "ok", "user_id": self.req.user or None, "metadata": metadata,
         })  # fmt: skip
 
 

@@ -30,11 +30,11 @@ from serving.writer import QueueFull, Writer
 router = APIRouter()
 
 
-class _Interactions(msgspec.Struct):
+class _Interactions(msgspec.Struct, forbid_unknown_fields=True):
     interactions: list[msgspec.Raw]
 
 
-class _Feedback(msgspec.Struct):
+class _Feedback(msgspec.Struct, forbid_unknown_fields=True):
     feedback: list[msgspec.Raw]
 
 
@@ -66,7 +66,7 @@ def _items(body: bytes, kind: str, max_items: int) -> list[msgspec.Raw]:
         field = kind if "`$." not in str(exc) else str(exc).rsplit("`$.", 1)[1].rstrip("`")
         raise ApiError(422, f"{field}: {str(exc).split(' - at ')[0]}; expected a body like {{\"{kind}\": [...]}}",
                        param=field, code="invalid_body") from None  # fmt: skip
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ApiError(400, f"malformed JSON: {exc}", code="malformed_json") from None
     items = getattr(envelope, kind)
     if len(items) > max_items:
@@ -159,7 +159,10 @@ async def list_interactions(
     request: Request, project: ProjectDep, task: str | None = None, since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: str | None = None,
 ) -> Response:
-    since = store.naive_utc(since)
+    try:
+        since = store.naive_utc(since)
+    except OverflowError:  # the edge of the calendar with an offset, e.g. 0001-01-01T00:00:00+14:00
+        raise ApiError(400, "since: out of range once converted to UTC", param="since") from None
     rows, next_cursor = await run_in_threadpool(_page, request, project, task=task, since=since, limit=limit,
                                                 cursor=cursor)  # fmt: skip
     return _json({"data": rows, "next_cursor": next_cursor})

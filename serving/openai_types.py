@@ -23,7 +23,7 @@ class _Params(msgspec.Struct, kw_only=True):
     stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
     seed: int | None = None
-    user: str | None = None
+    user: Annotated[str, msgspec.Meta(max_length=256)] | None = None  # (recorded as the user id)
     stream_options: dict[str, Any] | None = None
 
 

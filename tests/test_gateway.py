@@ -269,6 +269,11 @@ def test_bad_input_is_a_clear_400(client, servers):
     assert r.status_code == 400 and r.json()["error"]["param"] == "x-flywheel-task"
     r = httpx.post(f"{gw.url}/v1/chat/completions", headers=auth(gw.key), json={"model": "tiny"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as info:  # it would be recorded as the user id (at most 256)
+        client.chat.completions.create(model="tiny", messages=HELLO, user="u" * 300)
+    assert info.value.body["param"] == "user" and "256" in info.value.message
+    r = httpx.post(f"{gw.url}/v1/chat/completions", headers=auth(gw.key), content=b'{"model": "tiny", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
 
 
 def test_client_disconnect_mid_stream_frees_the_slot(client, servers):

@@ -128,16 +128,20 @@ def test_one_bad_item_does_not_sink_the_batch(client, shared_server):
     unknown = {**interaction("mixed-4"), "respones": "typo"}
     both = {**interaction("mixed-5"), "prompt": "also a prompt"}
     bad_role = {**interaction("mixed-6"), "messages": [{"role": "wizard", "content": "hi"}]}
-    r = post(client, key, "/v1/interactions", {"interactions": [good, bad_type, bad_task, missing, unknown, both, bad_role]})
+    tokens = {**interaction("mixed-7"), "prompt_tokens": 3_000_000_000}  # over the INTEGER column
+    ts = {**interaction("mixed-8"), "ts": "0001-01-01T00:00:00+14:00"}  # before year 1 in UTC
+    r = post(client, key, "/v1/interactions", {"interactions": [good, bad_type, bad_task, missing, unknown, both, bad_role, tokens, ts]})
     assert r.status_code == 200
     res = r.json()["results"]
-    assert res[0]["status"] == "accepted" and r.json()["error"] == 6
+    assert res[0]["status"] == "accepted" and r.json()["error"] == 8
     assert res[1]["error"].startswith("latency_ms:") and "float" in res[1]["error"] and "str" in res[1]["error"]
     assert res[2]["error"].startswith("task:")
     assert res[3]["error"] == "response: required field missing"
     assert res[4]["error"] == "respones: unknown field"
     assert res[5]["error"].startswith("messages:") and "exactly one" in res[5]["error"]
     assert res[6]["error"].startswith("messages[0].role:")
+    assert res[7]["error"] == "prompt_tokens: Expected `int` <= 2147483647"
+    assert res[8]["error"] == "ts: out of range once converted to UTC"
 
 
 def test_whole_request_errors_name_the_problem(client, shared_server):
@@ -151,6 +155,10 @@ def test_whole_request_errors_name_the_problem(client, shared_server):
     assert r.status_code == 422 and "array" in r.json()["error"]["message"]
     r = client.post("/v1/interactions", content=b"[]", headers=h)
     assert r.status_code == 422
+    r = client.post("/v1/interactions", content=b'{"interactions": [], "bogus": 1}', headers=h)
+    assert r.status_code == 422 and "unknown field `bogus`" in r.json()["error"]["message"]
+    r = client.post("/v1/interactions", content=b'{"interactions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", headers=h)
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
     many = {"interactions": [{"task": "t"}] * 5001}
     r = post(client, key, "/v1/interactions", many)
     assert r.status_code == 413 and "5000" in r.json()["error"]["message"]
@@ -161,6 +169,8 @@ def test_whole_request_errors_name_the_problem(client, shared_server):
     assert r.status_code == 422 and r.json()["error"]["param"] == "limit"
     r = client.get("/v1/interactions", params={"cursor": "garbage"}, headers=auth(key))
     assert r.status_code == 400 and r.json()["error"]["param"] == "cursor"
+    r = client.get("/v1/interactions", params={"since": "0001-01-01T00:00:00+14:00"}, headers=auth(key))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "since"
     long_text = {**interaction("long"), "response": "y" * 200_001}
     r = post(client, key, "/v1/interactions", {"interactions": [long_text]})
     assert r.status_code == 422 and "200000" in r.json()["results"][0]["error"]
