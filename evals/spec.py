@@ -120,6 +120,8 @@ class BenchmarkSpec:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise SpecError("<root>", f"{path} is not valid YAML: {exc}") from exc
+        except OSError as exc:  # missing, a folder, unreadable
+            raise SpecError("<root>", f"cannot read {path}: {exc.strerror or exc}") from None
         return cls.from_dict(data, base_dir=path.parent)
 
     def quality_metrics(self) -> list[Metric]:

@@ -190,7 +190,12 @@ def load_recipe(source: str | Path, **overrides) -> Recipe:
         if not named.exists():
             raise FileNotFoundError(f"no recipe file {source!r} and no default recipe of that name (defaults: {', '.join(available_recipes())})")
         path = named
-    data = read_config_file(path)
+    try:
+        data = read_config_file(path)
+    except Exception as exc:  # unreadable, or not YAML/TOML/JSON: a user's file, a clear error
+        raise ValueError(f"recipe {source}: cannot read it: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {source}: expected a mapping of settings, got {type(data).__name__}")
     data.update(overrides)
     return recipe_from_dict(data)
 

@@ -146,3 +146,6 @@ def test_golden_jsonl_and_version(tmp_path):
     (tmp_path / "g.jsonl").write_text('{"prompt": "x"}\n')
     with pytest.raises(SpecError, match="source.golden line 1.expected"):
         load_examples(spec)
+    for missing in (tmp_path / "no-such.yaml", tmp_path):  # a missing file, a folder: an EvalError, not a traceback
+        with pytest.raises(SpecError, match="'<root>': cannot read"):
+            BenchmarkSpec.from_file(missing)

@@ -41,6 +41,13 @@ def test_bad_recipes_name_the_field(tmp_path):
         Recipe(method="rlhf")
     with pytest.raises(FileNotFoundError, match="defaults: "):
         load_recipe("no-such-recipe")
+    (tmp_path / "broken.yaml").write_text("lora: {r: 4\n")
+    (tmp_path / "list.yaml").write_text("- sft\n")
+    (tmp_path / "folder.yaml").mkdir()
+    for name, problem in (("broken", "cannot read it"), ("list", "expected a mapping of settings, got list"),
+                          ("folder", "cannot read it")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"recipe .*{name}.yaml: {problem}"):
+            load_recipe(tmp_path / f"{name}.yaml")
     assert recipe_from_dict({"lora": False}).lora is None  # TOML has no null
 
 
