@@ -49,23 +49,31 @@ class Router:
         # adapter name -> route name; local routes' adapters are added by the engine owner
         self.adapters: dict[str, str] = {a: r for r, route in self.routes.items() for a in route.adapters}
         self._aliases: dict[tuple[str, str, str], tuple[str, float]] = {}
-        self._refreshed = 0.0
+        self._attempted = 0.0  # when the aliases were last read, or tried while the store was busy
         self._lock = threading.Lock()
 
     def model_ids(self) -> list[str]:
         return sorted(set(self.routes) | set(self.adapters))
 
     def refresh_aliases(self, force: bool = False) -> None:
+        """Re-read the aliases once every `refresh_s`. While another process holds the store,
+        requests are routed by the aliases last read: a read waits at most 1 s (not the
+        store's 30 s) and is tried again `refresh_s` later. `force` (at start) waits and raises."""
         with self._lock:
-            if not force and time.monotonic() - self._refreshed < self.refresh_s:
+            if not force and not self.aliases_stale():
                 return
-            with store.connect(self.db_path) as con:
-                rows = deployments(con)
-            self._aliases = {(d.project, d.task, d.alias): (d.model, d.share) for d in rows}
-            self._refreshed = time.monotonic()
+            try:
+                with store.connect(self.db_path, **({} if force else {"timeout_s": 1.0})) as con:
+                    rows = deployments(con)
+                self._aliases = {(d.project, d.task, d.alias): (d.model, d.share) for d in rows}
+            except store.StoreBusy:
+                if force:
+                    raise
+            finally:  # (after the read: a request that finds it in progress waits for it)
+                self._attempted = time.monotonic()
 
     def aliases_stale(self) -> bool:
-        return time.monotonic() - self._refreshed >= self.refresh_s
+        return time.monotonic() - self._attempted >= self.refresh_s
 
     def aliases(self, project: str) -> list[str]:
         return sorted(t if a == "production" else f"{t}:{a}" for (p, t, a) in self._aliases if p == project)

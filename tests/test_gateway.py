@@ -276,6 +276,18 @@ def test_bad_input_is_a_clear_400(client, servers):
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
 
 
+def test_a_busy_database_does_not_hold_up_the_gateway(client, servers):
+    """Another process holds the database (a curation's read, a CLI command): chat is answered
+    by the aliases last read, not after the store's 30 s wait, and the call is recorded after."""
+    gw, _ = servers
+    with store.connect(load_settings(gw.data_dir).db_path):
+        time.sleep(0.3)  # the aliases are due for a re-read (alias_refresh_s = 0.2)
+        answer = client.with_options(timeout=10).chat.completions.with_raw_response.create(
+            model="tiny", messages=HELLO, max_tokens=4)  # fmt: skip
+    assert answer.parse().choices[0].message.content
+    assert recorded(servers, answer.headers["x-flywheel-interaction-id"], timeout=10)["model"] == "tiny"
+
+
 def test_client_disconnect_mid_stream_frees_the_slot(client, servers):
     gw, _ = servers
     with httpx.stream("POST", f"{gw.url}/v1/chat/completions", headers=auth(gw.key), timeout=30,
