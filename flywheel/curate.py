@@ -69,8 +69,8 @@ FROM sel LEFT JOIN fb USING (id)
 # The sides earlier versions of the task gave interactions: every interaction any version held
 # out (a benchmark may come from any of them), and the latest version's train side (each version
 # keeps its parent's, so older ones add nothing but rows to read). Held-out ones come with their
-# session, request and target (latest non-blank correction, else the response), whatever the window, so
-# their sessions, prompts and near-duplicates stay held out too.
+# session, request, response and latest correction, whatever the window, so their sessions,
+# prompts and near-duplicates stay held out too.
 HISTORY_SQL = """
 WITH versions AS (SELECT id, created_at FROM datasets WHERE project = $project AND task = $task),
 h AS (
@@ -82,7 +82,7 @@ h AS (
     GROUP BY interaction_id
 )
 SELECT h.id, h.was_eval, i.session_id, CASE WHEN h.was_eval THEN i.request END AS request,
-    CASE WHEN h.was_eval THEN CASE WHEN NOT regexp_full_match(c.correction, '\\s*') THEN c.correction ELSE i.response END END AS target
+    CASE WHEN h.was_eval THEN i.response END AS response, c.correction
 FROM h LEFT JOIN interactions i ON i.project = $project AND i.id = h.id
 LEFT JOIN (
     SELECT f.interaction_id, first(f.value ->> '$' ORDER BY f.ts DESC, f.id DESC) AS correction
@@ -117,6 +117,10 @@ STAGES = ("failed_call", "negative_feedback", "unlabelled", "malformed", "empty"
 def _blank(column: str) -> str:
     # (a regex, not trim(x, chars): DuckDB's trim with a character set is ~40x slower)
     return f"regexp_full_match({column}, '\\s*')"
+
+
+_CORRECTED = f"coalesce(NOT {_blank('correction')}, false)"  # (a blank correction is none)
+_SKETCH_TEXT = f"lower({_USER_TEXT} || chr(10) || target)"  # what dedup compares
 
 
 def _rule(column: str, patterns: list[str], params: dict, name: str) -> str | None:
@@ -169,7 +173,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig)
     ), p AS (
         SELECT * EXCLUDE (r),
             {_PROMPT} AS prompt,
-            coalesce(NOT {_blank('correction')}, false) AS corrected,
+            {_CORRECTED} AS corrected,
             CASE WHEN thumbs = false OR rating <= $bad THEN 'bad'
                  WHEN thumbs OR rating >= $good THEN 'good' END AS verdict
         FROM b
@@ -214,9 +218,12 @@ def _held_out(con) -> None:
     the selection's, so `_sketch` can sketch it beside them; `text` is what it sketches."""
     con.execute(f"""
         CREATE TEMP TABLE held_out AS
-        WITH b AS (SELECT id, session_id, target, from_json(request, '{_REQUEST_SHAPE}') AS r FROM _history WHERE was_eval),
+        WITH b AS (
+            SELECT id, session_id, CASE WHEN {_CORRECTED} THEN correction ELSE response END AS target,
+                from_json(request, '{_REQUEST_SHAPE}') AS r
+            FROM _history WHERE was_eval),
         p AS (SELECT id, session_id, target, {_PROMPT} AS prompt FROM b),
-        q AS (SELECT id, session_id, {_PROMPT_KEY} AS pkey, lower({_USER_TEXT} || chr(10) || target) AS text FROM p)
+        q AS (SELECT id, session_id, {_PROMPT_KEY} AS pkey, {_SKETCH_TEXT} AS text FROM p)
         SELECT q.*, coalesce(rows.rid, (SELECT count(*) FROM rows) + row_number() OVER (ORDER BY q.id) - 1) AS rid
         FROM q LEFT JOIN rows USING (id)""")  # fmt: skip
 
@@ -229,7 +236,7 @@ def _sketch(con, cfg: CurationConfig) -> Sketch:
 
     n = con.execute("SELECT (SELECT count(*) FROM rows) + (SELECT count(*) FROM held_out)").fetchall()[0][0]
     reader = con.sql(f"""
-        SELECT rid, lower({_USER_TEXT} || chr(10) || target) AS text FROM rows WHERE dropped IS NULL
+        SELECT rid, {_SKETCH_TEXT} AS text FROM rows WHERE dropped IS NULL
         UNION ALL
         SELECT rid, text FROM held_out WHERE rid NOT IN (SELECT rid FROM rows WHERE dropped IS NULL)""").to_arrow_reader(batch_size=100_000)  # fmt: skip
     return sketch(((batch.column(0).to_numpy(), batch.column(1)) for batch in reader), n,

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from flywheel import pii
+from flywheel import pii, store
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 TaskName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
@@ -106,7 +106,7 @@ def _utc(ts: datetime | None, now: datetime) -> datetime:
     if ts is None:
         return now
     try:
-        return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+        return store.naive_utc(ts)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00
         raise ItemError("ts: out of range once converted to UTC") from None
 
