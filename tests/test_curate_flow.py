@@ -9,7 +9,7 @@ import pytest
 
 from flywheel import store
 from flywheel.settings import load_settings
-from test_curate import background, fb, fill
+from curation_data import background, fb, fill
 
 
 def test_curate_flow_registers_and_publishes(prefect_harness, tmp_path):
