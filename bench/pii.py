@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from flywheel.pii import KINDS, redact  # noqa: E402
+from flywheel.ingest.pii import KINDS, redact  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("pii_cases", ROOT / "tests" / "pii_cases.py")
 cases = importlib.util.module_from_spec(_spec)

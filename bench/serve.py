@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
-    from flywheel.tiny import build_tiny_model, ticket_texts
+    from flywheel.demo.tiny import build_tiny_model, ticket_texts
 
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-serve-"))
     base = str(build_tiny_model(work / "base", ticket_texts(400), hidden=384, layers=6, heads=6, max_length=256))

@@ -138,12 +138,3 @@ def evaluate(settings, *, project: str, task: str, benchmark: BenchmarkSpec | st
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(to_html(md, title))
     return EvalReport(cand, inc, verdicts, passed, md, out / "report.md", out / "report.html", charts)
-
-
-def compare_runs(settings, candidate_run: str, incumbent_run: str, *, n_boot: int = 2000) -> Verdicts:
-    """`evals.stats.compare` on two stored runs, by id."""
-    from flywheel import store
-
-    with store.connect(settings.db_path, read_only=True) as con:
-        cand, inc = load_run(con, candidate_run), load_run(con, incumbent_run)
-    return compare(cand, inc, n_boot=n_boot)

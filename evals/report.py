@@ -102,39 +102,15 @@ def markdown(*, title: str, candidate: EvalRun, incumbent: EvalRun | None, verdi
     return "\n".join(lines) + "\n"
 
 
+_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:2px 6px}"
+          "table{border-collapse:collapse}")
+
+
 def to_html(md: str, title: str) -> str:
-    """A small self-contained HTML rendering of the report's Markdown (tables, headings, images)."""
-    out, in_table = [], False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split(" | ")]
-            if set(line) <= set("|-: "):
-                continue
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-            out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            src = line[line.index("(") + 1 : -1]
-            out.append(f'<p><img src="{html.escape(src)}" alt="{html.escape(src)}"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.strip():
-            out.append(f"<p>{_inline(line.lstrip('> '))}</p>")
-    if in_table:
-        out.append("</table>")
-    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}td{border:1px solid #ccc;padding:2px 6px}table{border-collapse:collapse}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    """A self-contained HTML page of the report's Markdown (CommonMark plus tables). Raw HTML in
+    the Markdown (a model's output quoted in a table) is escaped, never rendered."""
+    from markdown_it import MarkdownIt
 
-
-def _inline(text: str) -> str:
-    import re
-
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>\n{body}</body></html>\n")  # fmt: skip

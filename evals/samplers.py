@@ -8,6 +8,10 @@
   configured hardware price per hour, shared by the requests of a batch.
 - `FunctionSampler`: a Python callable (a rule baseline, a simulated provider, a test judge).
 
+`SAMPLERS` maps each `kind` to its class; `build_sampler({"kind": …, …})` makes one from plain data
+(CLI, Prefect parameters). A new kind of sampler is a class here (or in its own module) with a
+`kind` and a line in `SAMPLERS`.
+
 Prices may also come from `<home>/flywheel.toml`: `[evals] hardware_usd_per_hour = 1.2` and
 `[evals.prices."route"] prompt = 0.15, completion = 0.6` (USD per 1M tokens).
 """
@@ -38,6 +42,8 @@ def eval_config(home: Path | str) -> dict[str, Any]:
 class EndpointSampler(SamplerBase):
     """An OpenAI-compatible chat endpoint. `prices`: {route: {"prompt": usd/1M, "completion": usd/1M}}."""
 
+    kind = "endpoint"
+
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, max_tokens: int = 64,
                  temperature: float = 0.0, concurrency: int = 8, max_retries: int = 3, backoff_s: float = 0.5,
                  timeout_s: float = 60.0, prices: dict[str, dict[str, float]] | None = None,
@@ -50,8 +56,12 @@ class EndpointSampler(SamplerBase):
         self._client = httpx.Client(timeout=timeout_s, headers=headers,
                                     limits=httpx.Limits(max_connections=concurrency))  # fmt: skip
 
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], evals_conf: dict[str, Any]) -> EndpointSampler:
+        return cls(**{"prices": evals_conf.get("prices", {}), **cfg})
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": "endpoint", "base_url": self.base_url, "model": self.model, "price": self.price}
+        return {"kind": self.kind, "base_url": self.base_url, "model": self.model, "price": self.price}
 
     def __call__(self, messages: Messages) -> SamplerResponse:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
@@ -99,6 +109,8 @@ class EndpointSampler(SamplerBase):
 class LocalSampler(SamplerBase):
     """A local causal LM, batched. `usd_per_hour` prices the measured compute time."""
 
+    kind = "local"
+
     def __init__(self, path: Path | str, *, model: str | None = None, max_tokens: int = 64, batch_size: int = 32,
                  usd_per_hour: float = 0.0, device: str | None = None):  # fmt: skip
         import torch
@@ -113,8 +125,12 @@ class LocalSampler(SamplerBase):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lm = AutoModelForCausalLM.from_pretrained(self.path).to(self.device).eval()
 
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], evals_conf: dict[str, Any]) -> LocalSampler:
+        return cls(**{"usd_per_hour": float(evals_conf.get("hardware_usd_per_hour", 0.0)), **cfg})
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": "local", "path": self.path, "model": self.model, "batch_size": self.batch_size,
+        return {"kind": self.kind, "path": self.path, "model": self.model, "batch_size": self.batch_size,
                 "usd_per_hour": self.usd_per_hour}  # fmt: skip
 
     def __call__(self, messages: Messages) -> SamplerResponse:
@@ -159,12 +175,14 @@ class LocalSampler(SamplerBase):
 class FunctionSampler(SamplerBase):
     """A Python function of the messages (returning text or a `SamplerResponse`) as a sampler."""
 
+    kind = "function"
+
     def __init__(self, fn: Callable[[Messages], str | SamplerResponse], *, model: str = "function",
                  cost_per_request_usd: float = 0.0):  # fmt: skip
         self.fn, self.model, self.cost = fn, model, cost_per_request_usd
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "function", "model": self.model, "cost_per_request_usd": self.cost}
+        return {"kind": self.kind, "model": self.model, "cost_per_request_usd": self.cost}
 
     def __call__(self, messages: Messages) -> SamplerResponse:
         start = time.perf_counter()
@@ -178,16 +196,16 @@ class FunctionSampler(SamplerBase):
                                completion_tokens=len(str(out).split()), cost_usd=self.cost)  # fmt: skip
 
 
-def sampler_from_config(cfg: dict[str, Any], home: Path | str | None = None) -> SamplerBase:
-    """A sampler from plain data (CLI, Prefect parameters): `{"kind": "endpoint", "base_url", "model",
-    "api_key"?, ...}` or `{"kind": "local", "path", ...}`; prices default to `<home>/flywheel.toml`."""
-    cfg = dict(cfg)
+SAMPLERS: dict[str, type[SamplerBase]] = {c.kind: c for c in (EndpointSampler, LocalSampler, FunctionSampler)}
+
+
+def build_sampler(spec: dict[str, Any], home: Path | str | None = None) -> SamplerBase:
+    """A sampler from plain data: `{"kind": "endpoint", "base_url", "model", "api_key"?, …}`,
+    `{"kind": "local", "path", …}` or `{"kind": "function", "fn", …}` (without `kind`: endpoint
+    when there is a `base_url`, else local); the other keys are the class's keyword arguments.
+    Prices default to the `[evals]` table of `<home>/flywheel.toml`."""
+    cfg = dict(spec)
     kind = cfg.pop("kind", "endpoint" if "base_url" in cfg else "local")
-    conf = eval_config(home) if home else {}
-    if kind == "endpoint":
-        cfg.setdefault("prices", conf.get("prices", {}))
-        return EndpointSampler(cfg.pop("base_url"), cfg.pop("model"), **cfg)
-    if kind == "local":
-        cfg.setdefault("usd_per_hour", float(conf.get("hardware_usd_per_hour", 0.0)))
-        return LocalSampler(cfg.pop("path"), **cfg)
-    raise ValueError(f"sampler kind {kind!r}: one of endpoint, local")
+    if kind not in SAMPLERS:
+        raise ValueError(f"sampler kind {kind!r}: one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[kind].from_config(cfg, eval_config(home) if home else {})

@@ -13,7 +13,8 @@
 A golden JSONL line is `{"messages": [..., assistant target]}` or `{"prompt": …, "expected": …}`,
 optionally with `id` and `expected_tool_calls`. The benchmark *version* is a hash of the spec and
 every example's content, so changing either makes a new version and runs never mix.
-Every mistake is a `SpecError` naming the field.
+The shape is checked by pydantic models (unknown keys and wrong types refused); every mistake is a
+`SpecError` naming the field.
 """
 
 from __future__ import annotations
@@ -22,13 +23,58 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, StringConstraints, ValidationError
 
 from evals.metrics import Metric, build_metric
 from evals.types import Example, Messages, SpecError
 
 JUDGE_TYPES = {"judge_pairwise": ("{answer_a}", "{answer_b}"), "judge_rubric": ("{answer}",)}
-_TOP = {"name", "task", "description", "source", "sampling", "metrics", "primary"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)  # no unknown keys, no "5" for 5 or true for 1
+
+
+class _Source(_Strict):
+    dataset: str | None = None
+    golden: str | None = None
+    split: str = "eval"
+    limit: PositiveInt | None = None
+
+
+class _Sampling(_Strict):
+    max_tokens: PositiveInt = 64
+    temperature: NonNegativeFloat = 0.0
+
+
+class _Spec(_Strict):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    task: str | None = None
+    description: str | None = None
+    source: _Source
+    sampling: _Sampling | None = None
+    metrics: Annotated[list[Any], Field(min_length=1)]  # each entry is checked by `evals.metrics.build_metric`
+    primary: str | None = None
+
+
+_SECTIONS = {(): _Spec, ("source",): _Source, ("sampling",): _Sampling}
+
+
+def _spec_error(exc: ValidationError) -> SpecError:
+    """The first pydantic error as a `SpecError` naming its field (`source.limit`, `metrics[0]`)."""
+    err = exc.errors(include_url=False)[0]
+    loc = err["loc"]
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "<root>"
+    if err["type"] == "extra_forbidden":
+        return SpecError(field, f"unknown field; known: {sorted(_SECTIONS[tuple(loc[:-1])].model_fields)}")
+    if err["type"] == "missing":
+        return SpecError(field, "required")
+    if err["type"] == "model_type":
+        return SpecError(field, f"must be a mapping, got {type(err['input']).__name__}")
+    got = "" if isinstance(err["input"], (dict, list)) else f", got {err['input']!r}"
+    return SpecError(field, err["msg"][0].lower() + err["msg"][1:] + got)
 
 
 @dataclass
@@ -49,37 +95,15 @@ class BenchmarkSpec:
 
     @classmethod
     def from_dict(cls, data: Any, base_dir: Path | str = ".") -> BenchmarkSpec:
-        if not isinstance(data, dict):
-            raise SpecError("<root>", f"must be a mapping, got {type(data).__name__}")
-        for key in data:
-            if key not in _TOP:
-                raise SpecError(str(key), f"unknown field; known: {sorted(_TOP)}")
-        name = data.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise SpecError("name", "required, a non-empty string")
-        source = data.get("source")
-        if not isinstance(source, dict) or not (source.get("dataset") or source.get("golden")):
+        try:
+            spec = _Spec.model_validate(data)
+        except ValidationError as exc:
+            raise _spec_error(exc) from None
+        source, sampling = spec.source, spec.sampling or _Sampling()
+        if not (source.dataset or source.golden):
             raise SpecError("source", "required: a mapping with `dataset` and/or `golden`")
-        for key in source:
-            if key not in {"dataset", "golden", "split", "limit"}:
-                raise SpecError(f"source.{key}", "unknown field; known: dataset, golden, split, limit")
-        limit = source.get("limit")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
-            raise SpecError("source.limit", f"must be a positive integer, got {limit!r}")
-        sampling = data.get("sampling") or {}
-        if not isinstance(sampling, dict):
-            raise SpecError("sampling", "must be a mapping")
-        max_tokens = sampling.get("max_tokens", 64)
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
-            raise SpecError("sampling.max_tokens", f"must be a positive integer, got {max_tokens!r}")
-        temperature = sampling.get("temperature", 0.0)
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
-            raise SpecError("sampling.temperature", f"must be a number >= 0, got {temperature!r}")
-        metrics = data.get("metrics")
-        if not isinstance(metrics, list) or not metrics:
-            raise SpecError("metrics", "required: a non-empty list")
         names = set()
-        for i, entry in enumerate(metrics):
+        for i, entry in enumerate(spec.metrics):
             where = f"metrics[{i}]"
             if isinstance(entry, dict) and entry.get("type") in JUDGE_TYPES:
                 prompt = entry.get("prompt")
@@ -94,22 +118,16 @@ class BenchmarkSpec:
             if metric_name in names:
                 raise SpecError(f"{where}.name", f"duplicate metric name {metric_name!r}")
             names.add(metric_name)
-        primary = data.get("primary")
-        if primary is not None and primary not in names:
-            raise SpecError("primary", f"{primary!r} is not one of the metric names {sorted(names)}")
+        if spec.primary is not None and spec.primary not in names:
+            raise SpecError("primary", f"{spec.primary!r} is not one of the metric names {sorted(names)}")
         base = Path(base_dir)
 
-        def resolve(p: Any, where: str) -> str | None:
-            if p is None:
-                return None
-            if not isinstance(p, str):
-                raise SpecError(where, "must be a path string")
-            return str((base / p).resolve()) if not Path(p).is_absolute() else p
+        def resolve(p: str | None) -> str | None:
+            return p if p is None or Path(p).is_absolute() else str((base / p).resolve())
 
-        return cls(name=name.strip(), metrics=metrics, dataset=resolve(source.get("dataset"), "source.dataset"),
-                   split=str(source.get("split", "eval")), golden=resolve(source.get("golden"), "source.golden"),
-                   limit=limit, max_tokens=max_tokens, temperature=float(temperature), task=data.get("task"),
-                   primary=primary, raw=data)  # fmt: skip
+        return cls(name=spec.name, metrics=spec.metrics, dataset=resolve(source.dataset), split=source.split,
+                   golden=resolve(source.golden), limit=source.limit, max_tokens=sampling.max_tokens,
+                   temperature=sampling.temperature, task=spec.task, primary=spec.primary, raw=data)  # fmt: skip
 
     @classmethod
     def from_file(cls, path: Path | str) -> BenchmarkSpec:

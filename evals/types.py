@@ -9,7 +9,7 @@ outputs are `ExampleResult`s; a whole run, loaded back from the store, is an `Ev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 Message = dict[str, Any]  # OpenAI chat format: {"role": ..., "content": ..., optional "tool_calls"}
 Messages = list[Message]
@@ -61,8 +61,10 @@ class SamplerResponse:
 
 
 class SamplerBase:
-    """Anything that answers a prompt. Subclasses implement `__call__`; `batch` may do better."""
+    """Anything that answers a prompt. Subclasses implement `__call__`; `batch` may do better.
+    `kind` is the sampler's name in `evals.samplers.SAMPLERS`, for `build_sampler`."""
 
+    kind: ClassVar[str] = ""
     model: str = "unknown"
 
     def __call__(self, messages: Messages) -> SamplerResponse:
@@ -71,9 +73,14 @@ class SamplerBase:
     def batch(self, batch: list[Messages]) -> list[SamplerResponse]:
         return [self(m) for m in batch]
 
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], evals_conf: dict[str, Any]) -> SamplerBase:
+        """From plain data (keyword arguments); `evals_conf` is the `[evals]` table of flywheel.toml."""
+        return cls(**cfg)
+
     def describe(self) -> dict[str, Any]:
         """What identifies this sampler in `eval_runs.sampler` (never secrets)."""
-        return {"kind": type(self).__name__}
+        return {"kind": self.kind or type(self).__name__}
 
 
 @dataclass

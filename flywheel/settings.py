@@ -69,14 +69,16 @@ class TaskSettings(BaseModel):
     teacher: str | None = Field(None, description="A local teacher model for distill/gkd.")
     benchmark: str | None = Field(None, description="Benchmark spec (YAML) that decides promotions.")
     route: str | None = Field(None, description="The local or vllm route that serves this task's candidates.")
-    curation: dict = Field(default_factory=dict, description="Curation config (see flywheel.curation_config).")
-    gate: dict = Field(default_factory=dict, description="Promotion gate (see flywheel.promotion.GateConfig).")
+    curation: dict = Field(default_factory=dict, description="Curation config (see flywheel.curate.config).")
+    gate: dict = Field(default_factory=dict, description="Promotion gate (see flywheel.registry.gate.GateConfig).")
     schedule: str | None = Field("0 3 * * *", description="Cron schedule of the retraining flow (`flywheel up`).")
     min_new_feedback: int | None = Field(None, description="Also turn the loop when this much new feedback arrived.")
 
     @model_validator(mode="after")
     def _gate_is_valid(self) -> TaskSettings:
-        from flywheel.promotion import GateConfig  # (promotion imports this module)
+        from flywheel.registry.gate import (
+            GateConfig,  # (the registry imports this module)
+        )
 
         try:
             GateConfig(**self.gate)  # at load time, not when a turn reaches its gate
@@ -114,10 +116,6 @@ class Settings(BaseSettings):
         home = init_settings.init_kwargs.get("home") or os.environ.get("FLYWHEEL_HOME") or ".flywheel"
         toml = TomlConfigSettingsSource(settings_cls, toml_file=Path(home) / CONFIG_FILE)
         return (init_settings, env_settings, toml)
-
-    def project_of(self, task: str) -> str:
-        """The project a task's commands and flows use unless told otherwise: `[tasks.T] project`."""
-        return self.tasks[task].project if task in self.tasks else "default"
 
     @model_validator(mode="after")
     def _check_routes(self) -> Settings:

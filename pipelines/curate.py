@@ -1,4 +1,4 @@
-"""The `curate` Prefect flow: a thin wrapper around `flywheel.curate.curate`.
+"""The `curate` Prefect flow: a thin wrapper around `flywheel.curate.pipeline.curate`.
 
 The flow adds what Prefect is for: a visible run per curation, retries where I/O can fail
 (the store may stay locked by the ingestion server for longer than one open's timeout, a disk
@@ -15,10 +15,10 @@ from typing import Any
 
 from prefect import flow, task
 
-from flywheel.curate import CurationConfig, CurationError, curate
+from flywheel.curate.pipeline import CurationConfig, CurationError, curate
 from flywheel.settings import load_settings
-from pipelines.tasks import publish_markdown, retry_unless
-
+from flywheel.task import resolve_task
+from pipelines.retries import publish_markdown, retry_unless
 
 # Retry store and file-system failures, never a `CurationError`: trying again cannot fix bad input.
 _retry_io = retry_unless(CurationError)
@@ -28,7 +28,7 @@ _retry_io = retry_unless(CurationError)
 def load_config(data_dir: str | None, task: str, config: dict[str, Any] | None = None,
                 config_path: str | None = None) -> CurationConfig:
     """The task's `curation` table in flywheel.toml, a file's keys over it, then the dict's."""
-    return CurationConfig.for_task(load_settings(data_dir), task, path=config_path, overrides=config)
+    return resolve_task(load_settings(data_dir), task).curation_with(config_path, config)
 
 
 @task(name="curate-dataset", retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=_retry_io)
@@ -52,7 +52,7 @@ def curate_flow(task: str, project: str | None = None, data_dir: str | None = No
     config default to the task's section in flywheel.toml)."""
     data_dir = str(Path(data_dir)) if data_dir else None
     cfg = load_config(data_dir, task, config, config_path)
-    project = project or load_settings(data_dir).project_of(task)
+    project = resolve_task(load_settings(data_dir), task, project=project).project
     version = curate_dataset(data_dir, project, task, cfg, since, until)
     publish_report(task, version)
     return version

@@ -14,11 +14,10 @@ from typing import Any
 from prefect import flow, task
 
 from evals.evaluate import evaluate
-from evals.samplers import sampler_from_config
+from evals.samplers import build_sampler
 from evals.types import EvalError, RunFailed
 from flywheel.settings import load_settings
-from pipelines.tasks import publish_markdown, retry_unless
-
+from pipelines.retries import publish_markdown, retry_unless
 
 # Retry store and file-system failures, never an `EvalError`: trying again cannot fix bad input.
 _retry_io = retry_unless(EvalError)
@@ -28,7 +27,7 @@ _retry_io = retry_unless(EvalError)
 def run_eval(data_dir: str | None, project: str, task: str, benchmark: str, sampler: dict[str, Any],
              baseline: dict[str, Any] | None, judge: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
     settings = load_settings(data_dir)
-    build = lambda cfg: sampler_from_config(cfg, settings.home) if cfg else None  # noqa: E731
+    build = lambda cfg: build_sampler(cfg, settings.home) if cfg else None  # noqa: E731
     report = evaluate(settings, project=project, task=task, benchmark=benchmark, sampler=build(sampler),
                       baseline_sampler=build(baseline), judge_sampler=build(judge))  # fmt: skip
     return {"candidate_run": report.candidate.id, "candidate_status": report.candidate.status,

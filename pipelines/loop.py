@@ -1,7 +1,7 @@
-"""One turn of the flywheel, stage by stage: curate → train → evaluate → gate → promote.
+"""The stages of one turn of the flywheel as plain functions: curate → train → evaluate → gate → promote.
 
-Each stage is a plain function (what `flywheel run` and the demo call, and what the tests use);
-`pipelines/flywheel.py` wraps the same functions as Prefect tasks. A candidate is evaluated
+`pipelines.turn.flywheel_flow` chains them as Prefect tasks (the one place a turn is written);
+the CLI's single-stage commands and the tests call them directly. A candidate is evaluated
 through the serving tier (loaded there under its id first), against whatever holds the task's
 `production` alias now, and promoted only when the gate says so; otherwise it is unloaded again.
 """
@@ -9,21 +9,23 @@ through the serving tier (loaded there under its id first), against whatever hol
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from flywheel import store
-from flywheel.curate import CurationConfig, DatasetVersion, curate
-from flywheel.deployments import deployments
-from flywheel.keys import create_key, revoke_key
-from flywheel.promotion import Decision, Evidence, GateConfig, decide, http_loader, promote
-from flywheel.settings import Settings, TaskSettings
-from flywheel.train import Candidate, TrainingError, train
+from flywheel.curate.config import DatasetVersion
+from flywheel.curate.pipeline import curate
+from flywheel.registry.deployments import deployments
+from flywheel.registry.keys import create_key, revoke_key
+from flywheel.registry.promotion import Decision, Evidence, decide, http_loader, promote
+from flywheel.settings import Settings
+from flywheel.task import Task
+from flywheel.train.run import Candidate, TrainingError, train
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class Turn:
     evidence: Evidence | None = None
     decision: Decision | None = None
     report: Any = None  # evals.EvalReport
-    metrics: dict[str, Any] = field(default_factory=dict)
+    alias: str | None = None  # what the candidate took: production, or canary when the gate sets a share
 
 
 @contextmanager
@@ -57,10 +59,15 @@ def service_key(settings: Settings, project: str) -> Iterator[str]:
             log.warning("service key %s… not revoked (%s): run `flywheel keys revoke %s`", key[:10], exc, key[:10])
 
 
-def task_settings(settings: Settings, task: str) -> TaskSettings:
-    if task not in settings.tasks:
-        raise KeyError(f"task {task!r} has no [tasks.{task}] section in {settings.home / 'flywheel.toml'}")
-    return settings.tasks[task]
+def service_loader(settings: Settings, task: Task) -> Callable[[str, str], None]:
+    """`load(model, path)` through the running service, with a key made only when a model is
+    actually loaded (a settle that only waits needs neither key nor service)."""
+
+    def load(name: str, path: str) -> None:
+        with service_key(settings, task.project) as key:
+            http_loader(settings.url, key, task.route)(name, path)
+
+    return load
 
 
 def production_model(settings: Settings, project: str, task: str) -> str | None:
@@ -68,18 +75,16 @@ def production_model(settings: Settings, project: str, task: str) -> str | None:
         return next((d.model for d in deployments(con, project) if d.task == task and d.alias == "production"), None)
 
 
-def curate_stage(settings: Settings, task: str) -> DatasetVersion:
-    cfg = task_settings(settings, task)
-    return curate(settings, project=cfg.project, task=task, config=CurationConfig.for_task(settings, task))
+def curate_stage(settings: Settings, task: Task) -> DatasetVersion:
+    return curate(settings, project=task.project, task=task.name, config=task.curation)
 
 
-def train_stage(settings: Settings, task: str, dataset: DatasetVersion) -> Candidate:
-    cfg = task_settings(settings, task)
+def train_stage(settings: Settings, task: Task, dataset: DatasetVersion) -> Candidate:
     try:
-        return train(settings, project=cfg.project, task=task, dataset_path=dataset.path, dataset_id=dataset.id,
-                     recipe=cfg.recipe, base_model=cfg.base_model, teacher=cfg.teacher)  # fmt: skip
+        return train(settings, project=task.project, task=task.name, dataset_path=dataset.path, dataset_id=dataset.id,
+                     recipe=task.recipe, base_model=task.base_model, teacher=task.teacher)  # fmt: skip
     except TrainingError as exc:  # registered as failed: the gate will refuse it
-        return Candidate(exc.model_id or "failed", cfg.project, task, "?", cfg.base_model or "?", dataset.id,
+        return Candidate(exc.model_id or "failed", task.project, task.name, "?", task.base_model or "?", dataset.id,
                          Path("."), None, None, "", "failed", error=str(exc))  # fmt: skip
 
 
@@ -92,23 +97,22 @@ def _prices(settings: Settings, route: str | None) -> dict[str, float]:
     return {"prompt": r.usd_per_1k_prompt * 1000, "completion": r.usd_per_1k_completion * 1000} if r else {}
 
 
-def evaluate_stage(settings: Settings, task: str, dataset: DatasetVersion, candidate: Candidate, *, key: str) -> Turn:
+def evaluate_stage(settings: Settings, task: Task, dataset: DatasetVersion, candidate: Candidate, *, key: str) -> Turn:
     """Load the candidate into the serving tier, benchmark it against production, gather the evidence."""
     from evals import ContaminationError, EndpointSampler, evaluate
 
-    cfg = task_settings(settings, task)
-    turn = Turn(task, dataset, candidate, incumbent=production_model(settings, cfg.project, task))
+    turn = Turn(task.name, dataset, candidate, incumbent=production_model(settings, task.project, task.name))
     verdicts: dict[str, str] = {}
     complete, contamination, cand_cost, inc_cost, p95 = False, None, None, None, None
-    if candidate.status == "ready" and cfg.benchmark and turn.incumbent:
-        http_loader(settings.url, key, cfg.route)(candidate.id, _model_path(candidate))
-        incumbent_route = turn.incumbent if turn.incumbent in settings.routes else cfg.route
+    if candidate.status == "ready" and task.benchmark and turn.incumbent:
+        http_loader(settings.url, key, task.route)(candidate.id, _model_path(candidate))
+        incumbent_route = turn.incumbent if turn.incumbent in settings.routes else task.route
         sampler = EndpointSampler(f"{settings.url}/v1", candidate.id, api_key=key,
-                                  prices={candidate.id: _prices(settings, cfg.route)})  # fmt: skip
+                                  prices={candidate.id: _prices(settings, task.route)})  # fmt: skip
         baseline = EndpointSampler(f"{settings.url}/v1", turn.incumbent, api_key=key,
                                    prices={turn.incumbent: _prices(settings, incumbent_route)})  # fmt: skip
         try:
-            report = evaluate(settings, project=cfg.project, task=task, benchmark=cfg.benchmark, sampler=sampler,
+            report = evaluate(settings, project=task.project, task=task.name, benchmark=task.benchmark, sampler=sampler,
                               baseline_sampler=baseline, train_dataset=dataset.path)  # fmt: skip
         except ContaminationError as exc:
             contamination = str(exc)
@@ -127,23 +131,13 @@ def evaluate_stage(settings: Settings, task: str, dataset: DatasetVersion, candi
     return turn
 
 
-def promote_stage(settings: Settings, turn: Turn, *, key: str) -> Turn:
-    cfg = task_settings(settings, turn.task)
-    turn.decision = decide(turn.evidence, GateConfig(**cfg.gate))
+def promote_stage(settings: Settings, task: Task, turn: Turn, *, key: str) -> Turn:
+    turn.decision = decide(turn.evidence, task.gate)
     candidate = turn.candidate
-    promote(settings, project=cfg.project, task=turn.task, model=candidate.id, path=_model_path(candidate),
-            decision=turn.decision, load=http_loader(settings.url, key, cfg.route))  # fmt: skip
-    if not turn.decision.promote and candidate.status == "ready" and cfg.benchmark:
+    deployment = promote(settings, project=task.project, task=turn.task, model=candidate.id, path=_model_path(candidate),
+            decision=turn.decision, load=http_loader(settings.url, key, task.route))  # fmt: skip
+    turn.alias = deployment.alias if deployment else None
+    if not turn.decision.promote and candidate.status == "ready" and task.benchmark:
         httpx.post(f"{settings.url}/v1/unload_lora_adapter", json={"lora_name": candidate.id},
                    headers={"Authorization": f"Bearer {key}"}, timeout=60)  # tidy; a failure here changes nothing
     return turn
-
-
-def run_turn(settings: Settings, task: str) -> Turn:
-    """One whole turn for `task`, with the service of `settings` running."""
-    cfg = task_settings(settings, task)
-    with service_key(settings, cfg.project) as key:
-        dataset = curate_stage(settings, task)
-        candidate = train_stage(settings, task, dataset)
-        turn = evaluate_stage(settings, task, dataset, candidate, key=key)
-        return promote_stage(settings, turn, key=key)

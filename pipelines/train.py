@@ -1,6 +1,6 @@
 """Prefect flow `train`: one training run for a task, shown in the Prefect UI with its loss log.
 
-A thin wrapper: `flywheel.train.train` / `train_latest` does the work; this module adds the run
+A thin wrapper: `flywheel.train.run.train` / `train_latest` does the work; this module adds the run
 logger (loss lines in the flow run's log), and the candidate's model card as a Prefect artifact.
 No automatic retries: a crashed run is resumed from its last checkpoint by running the flow again
 (same task, recipe and dataset), while a guard failure (NaN loss, OOM) would only fail again.
@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from pipelines.tasks import publish_markdown
+from pipelines.retries import publish_markdown
 
 
 def _logger():
@@ -54,16 +54,18 @@ def train_candidate(
     """Train one candidate; return its summary (id, status, paths, metrics). Recipe, project, base
     model and teacher default to the task's section in flywheel.toml."""
     from flywheel.settings import load_settings
-    from flywheel.train import task_training, train, train_latest
+    from flywheel.task import resolve_task
+    from flywheel.train.run import train, train_latest
 
     settings = load_settings(data_dir)
     logger = _logger()
-    given = task_training(settings, task_name, recipe=recipe, project=project, base_model=base_model, teacher=teacher)
+    task = resolve_task(settings, task_name, project=project, recipe=recipe, base_model=base_model, teacher=teacher)
     if dataset_path:
-        candidate = train(settings, project=given.pop("project") or "default", task=task_name, dataset_path=dataset_path,
-                          dataset_id=dataset_id, callbacks=[_loss_logger(logger)], **given)  # fmt: skip
+        candidate = train(settings, project=task.project, task=task.name, dataset_path=dataset_path, dataset_id=dataset_id,
+                          recipe=task.recipe, base_model=task.base_model, teacher=task.teacher,
+                          callbacks=[_loss_logger(logger)])  # fmt: skip
     else:
-        candidate = train_latest(settings, task=task_name, callbacks=[_loss_logger(logger)], **given)
+        candidate = train_latest(settings, task, callbacks=[_loss_logger(logger)])
     logger.info("candidate %s %s: %s", candidate.id, candidate.status, candidate.metrics)
     return {
         "id": candidate.id,

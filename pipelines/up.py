@@ -166,7 +166,8 @@ def up(settings: Settings, *, prefect_port: int = 4200, stop: threading.Event | 
     """Run the service, a local Prefect server and the scheduled flywheel deployments until Ctrl-C
     (KeyboardInterrupt) or `stop` is set; then stop them all. Raises RuntimeError when a port is
     taken, a process does not come up, or one exits on its own (the others are stopped first)."""
-    from pipelines.flywheel import TRIGGER_DEPLOYMENT, deployment_name
+    from pipelines.settle import SETTLE_DEPLOYMENT
+    from pipelines.turn import build_deployments, deployment_name
 
     stop = stop or threading.Event()
     home = settings.home.resolve()
@@ -180,9 +181,7 @@ def up(settings: Settings, *, prefect_port: int = 4200, stop: threading.Event | 
     api_url, prefect_url = f"http://{HOST}:{api_port}", f"http://{HOST}:{prefect_port}"
     env = child_env(home, api_port=api_port, prefect_port=prefect_port)
     (home / "prefect").mkdir(exist_ok=True)
-    expected = {deployment_name(t) for t in settings.tasks}
-    if any(cfg.min_new_feedback for cfg in settings.tasks.values()):
-        expected.add(TRIGGER_DEPLOYMENT)
+    expected = {d.name for d in build_deployments(settings)}  # what the deployments child will register
 
     children: list[Child] = []
     previous_handlers = _on_termination(stop)
@@ -208,6 +207,8 @@ def up(settings: Settings, *, prefect_port: int = 4200, stop: threading.Event | 
         for name, cfg in settings.tasks.items():
             trigger = f", or after {cfg.min_new_feedback} new feedback" if cfg.min_new_feedback else ""
             print(f"  deployment flywheel/{deployment_name(name)}: cron {cfg.schedule or '(none)'} UTC{trigger}")
+        if SETTLE_DEPLOYMENT in expected:
+            print(f"  deployment settle/{SETTLE_DEPLOYMENT}: every hour, decides running canaries from live thumbs")
         if not settings.tasks:
             print("  no [tasks.*] in flywheel.toml: nothing is scheduled")
         print(f"logs in {logs}; Ctrl-C stops everything", flush=True)
@@ -227,7 +228,7 @@ def serve_deployments(data_dir: str, trigger_every_s: float) -> None:
     """The runner process: serve the deployments until SIGINT/SIGTERM (prefect.serve handles both)."""
     from prefect import serve
 
-    from pipelines.flywheel import build_deployments
+    from pipelines.turn import build_deployments
 
     deployments = build_deployments(load_settings(data_dir), trigger_every_s=trigger_every_s)
     if not deployments:  # nothing to serve; stay up so `up` treats an exit as a crash

@@ -11,24 +11,14 @@ import httpx
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 
 from flywheel import store
 from flywheel.settings import Settings
-from serving import adapters, errors, gateway, ingest
+from serving import adapters, backends, errors, gateway, ingest
 from serving.auth import KeyCache
+from serving.restore import restore
 from serving.routing import Router
 from serving.writer import Writer
-
-
-def _engines(settings: Settings) -> dict:
-    """Load the model of every local route (before the service accepts requests)."""
-    if not any(route.kind == "local" for route in settings.routes.values()):
-        return {}
-    from serving.engine import Engine
-
-    return {name: Engine(route.path, adapters=route.adapters, max_batch=route.max_batch, max_wait_ms=route.max_wait_ms)
-            for name, route in settings.routes.items() if route.kind == "local"}  # fmt: skip
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -38,16 +28,23 @@ def create_app(settings: Settings) -> FastAPI:
             pass
         app.state.keys.refresh()
         app.state.router.refresh_aliases(force=True)
-        app.state.engines = await run_in_threadpool(_engines, settings)
         app.state.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        failed_routes: dict[str, str] = {}
+        for name, backend in app.state.backends.items():  # e.g. load the model of every local route
+            try:
+                await backend.start(app.state.http)
+            except (OSError, ValueError) as exc:  # the other routes serve on; this one answers 503
+                failed_routes[name] = str(exc)
+        # the models that aliases point at, before /healthz answers (a restart forgot them)
+        await restore(settings, app.state.router, app.state.backends, failed_routes)
         app.state.writer.start()
         try:
             yield
         finally:
             app.state.writer.stop()  # graceful shutdown: everything accepted gets written
+            for backend in app.state.backends.values():
+                await backend.close()
             await app.state.http.aclose()
-            for engine in app.state.engines.values():
-                engine.close()
 
     app = FastAPI(title="Flywheel", version="0.1.0", lifespan=lifespan,
                   description="Ingestion, feedback and OpenAI-compatible gateway of Flywheel.")  # fmt: skip
@@ -56,14 +53,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.writer = Writer(settings.db_path, max_queue_items=settings.ingest.max_queue_items,
                               max_batch_items=settings.ingest.max_batch_items)  # fmt: skip
     app.state.router = Router(settings)
+    app.state.backends = backends.build(settings.routes, settings.home)  # route name -> its backend, by the route's kind
     errors.install(app)
     app.include_router(ingest.router)
     app.include_router(gateway.router)
     app.include_router(adapters.router)
 
-    @app.get("/healthz", summary="Liveness")
+    @app.get("/healthz", summary="Liveness, and the deployed models that cannot be served")
     async def healthz() -> dict:
-        return {"status": "ok", "queue_items": app.state.writer.pending_items}
+        """`unavailable`: each model (or route) that did not load, why, and the aliases
+        (`project/task[:canary]`) that answer 503 because of it; `flywheel status` shows them."""
+        return {"status": "ok", "queue_items": app.state.writer.pending_items,
+                "unavailable": app.state.router.failures()}  # fmt: skip
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:

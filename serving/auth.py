@@ -19,7 +19,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from flywheel import store
-from flywheel.keys import active_keys, hash_key
+from flywheel.registry.keys import active_keys, hash_key
 from serving.errors import ApiError
 
 

@@ -19,6 +19,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving.model_check import (
+    ModelLoadError,
+    check_adapter_base,
+    check_folder,
+    check_shapes,
+    check_whole_model,
+    is_adapter,
+    read_adapter,
+)
+
 log = logging.getLogger("flywheel.engine")
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -49,25 +59,34 @@ class _Row:
 
 class Engine:
     def __init__(self, path: str, *, adapters: dict[str, str] | None = None, max_batch: int = 16,
-                 max_wait_ms: float = 5.0):
+                 max_wait_ms: float = 5.0, route: str = "local", home: Path | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.path = path
+        self.path, self.route, self.home = path, route, home
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        if Path(path).exists():  # (else a cached model id, as from_pretrained takes it)
+            check_whole_model(path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        except Exception as exc:  # noqa: BLE001 - whatever transformers raises, the message names the folder
+            raise ModelLoadError(f"{path}: cannot load the base model: {type(exc).__name__}: {exc}") from None
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
         self.adapters: dict[str, str] = {}  # every loaded name -> its folder
         self.full_models: dict[str, object] = {}  # names among them that are whole models
+        self.failed: dict[str, str] = {}  # configured adapters that could not be loaded -> why
         for name, adapter_path in (adapters or {}).items():
-            self._load(name, adapter_path)
+            try:
+                self._load(name, adapter_path)
+            except (OSError, ValueError) as exc:  # the route serves on; the service reports this one
+                self.failed[name] = str(exc)
         self._requests: queue.Queue[Generation] = queue.Queue()
         self._admin: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()
         self._running = True
@@ -107,30 +126,64 @@ class Engine:
 
     def _load(self, name: str, path: str) -> None:
         """A folder with `adapter_config.json` is a LoRA adapter on our base; any other folder is a
-        whole small model (e.g. a fully fine-tuned tiny student), served side by side."""
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
+        whole small model (e.g. a fully fine-tuned student), served side by side. Either is checked
+        first (serving.model_check), so a wrong folder is refused before the model changes."""
         if name in self.adapters:
             raise ValueError(f"lora_name: adapter {name!r} is already loaded")
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"{path} is not a folder on the serving machine")
-        if not (Path(path) / "adapter_config.json").exists():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype).to(self.device).eval()
-            if model.config.vocab_size != self.model.config.vocab_size:
-                raise ValueError(f"{path} has another vocabulary than the route's base model")
-            self.full_models[name] = model
-        elif isinstance(self.model, PeftModel):
+        if is_adapter(check_folder(path)):
+            config, shapes = read_adapter(path)
+            check_adapter_base(path, config, self.route, self.path, self.home)
+            if shapes is not None:
+                base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+                check_shapes(path, config, shapes, base, self.route, self.path, self.home)
+            self._guarded(name, path, lambda: self._load_adapter(name, path))
+        else:
+            check_whole_model(path)
+            self._guarded(name, path, lambda: self._load_whole(name, path))
+        self.adapters[name] = path
+
+    def _guarded(self, name: str, path: str, load: Callable[[], None]) -> None:
+        """Run `load`; whatever the libraries raise becomes a `ModelLoadError` naming the folder."""
+        try:
+            load()
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a corrupt file raises anything; the caller gets a 4xx
+            if name in getattr(self.model, "peft_config", {}):  # a half-loaded adapter goes again
+                try:
+                    self.model.delete_adapter(name)
+                except Exception:  # noqa: BLE001 - best effort; the load already failed
+                    log.warning("could not remove the half-loaded adapter %r", name)
+            raise ModelLoadError(f"{path}: cannot load: {type(exc).__name__}: {exc}") from None
+
+    def _load_adapter(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
             self.model.load_adapter(path, adapter_name=name)
         else:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
-        self.adapters[name] = path
+
+    def _load_whole(self, name: str, path: str) -> None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype).to(self.device).eval()
+        if model.config.vocab_size != self.model.config.vocab_size:
+            raise ModelLoadError(f"{path} has another vocabulary ({model.config.vocab_size} tokens) than route "
+                                 f"{self.route!r}'s base model {self.path!r} ({self.model.config.vocab_size})")  # fmt: skip
+        self.full_models[name] = model
 
     def _unload(self, name: str) -> None:
         if name not in self.adapters:
             raise KeyError(f"lora_name: no adapter {name!r} is loaded")
         if self.full_models.pop(name, None) is None:
-            self.model.delete_adapter(name)
+            remaining = [n for n in self.model.peft_config if n != name]
+            if not remaining:  # the last one: back to the plain base (PEFT would keep pointing at it)
+                self.model = self.model.unload().eval()
+            else:
+                if name in self.model.active_adapters:  # a loaded adapter must stay active for the next load
+                    self.model.set_adapter(remaining[0])
+                self.model.delete_adapter(name)
         del self.adapters[name]
 
     def _run_admin(self) -> None:

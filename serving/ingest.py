@@ -19,8 +19,9 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from flywheel import store
-from flywheel.interactions import read_interactions
-from flywheel.records import ItemError, Limits, feedback_row, interaction_row
+from flywheel.ingest.interactions import read_interactions
+from flywheel.ingest.records import ItemError, Limits, feedback_row, field_error, interaction_row
+from flywheel.store.rows import FeedbackRow, InteractionRow
 from flywheel.settings import Settings
 from serving import metrics
 from serving.auth import ProjectDep, require_project
@@ -63,8 +64,11 @@ def _items(body: bytes, kind: str, max_items: int) -> list[msgspec.Raw]:
     try:
         envelope = _decoders[kind].decode(body)
     except msgspec.ValidationError as exc:
-        field = kind if "`$." not in str(exc) else str(exc).rsplit("`$.", 1)[1].rstrip("`")
-        raise ApiError(422, f"{field}: {str(exc).split(' - at ')[0]}; expected a body like {{\"{kind}\": [...]}}",
+        # An error in the envelope itself (a missing or unknown key) is about `kind`, and keeps
+        # msgspec's own words, which name the key.
+        field, message = field_error(exc, name_top_level=False)
+        field = field or kind
+        raise ApiError(422, f"{field}: {message}; expected a body like {{\"{kind}\": [...]}}",
                        param=field, code="invalid_body") from None  # fmt: skip
     except (msgspec.DecodeError, RecursionError) as exc:
         raise ApiError(400, f"malformed JSON: {exc}", code="malformed_json") from None
@@ -76,7 +80,7 @@ def _items(body: bytes, kind: str, max_items: int) -> list[msgspec.Raw]:
     return items
 
 
-async def _committed(writer: Writer, kind: str, rows: list[tuple], timeout_s: float):
+async def _committed(writer: Writer, kind: str, rows: list[InteractionRow] | list[FeedbackRow], timeout_s: float):
     """Hand rows to the writer and wait until they are committed; 503 when it cannot take them."""
     try:
         future = writer.submit(kind, rows)
@@ -94,7 +98,8 @@ async def _committed(writer: Writer, kind: str, rows: list[tuple], timeout_s: fl
                        headers={"Retry-After": "1"}) from None  # fmt: skip
 
 
-async def _ingest(request: Request, project: str, kind: str, make_row: Callable[..., tuple]) -> Response:
+async def _ingest(request: Request, project: str, kind: str,
+                  make_row: Callable[..., InteractionRow | FeedbackRow]) -> Response:
     settings: Settings = request.app.state.settings
     writer: Writer = request.app.state.writer
     body = await read_body(request, settings.ingest.max_body_bytes)
@@ -114,13 +119,13 @@ async def _ingest(request: Request, project: str, kind: str, make_row: Callable[
     if rows:
         outcome = await _committed(writer, kind, rows, settings.ingest.ack_timeout_s)
         for i, row, stored in zip(indexes, rows, outcome.stored):
-            if kind == "feedback" and (project, row[2]) in outcome.unknown:
-                results[i] = {"index": i, "id": row[1], "status": "error",
-                              "error": f"interaction_id: no interaction {row[2]!r} in this project"}  # fmt: skip
+            if kind == "feedback" and (project, row.interaction_id) in outcome.unknown:
+                results[i] = {"index": i, "id": row.id, "status": "error",
+                              "error": f"interaction_id: no interaction {row.interaction_id!r} in this project"}  # fmt: skip
                 counts["error"] += 1
             else:
                 status = "accepted" if stored else "duplicate"
-                results[i] = {"index": i, "id": row[1], "status": status}
+                results[i] = {"index": i, "id": row.id, "status": status}
                 counts[status] += 1
     for status, n in counts.items():
         if n:

@@ -1,9 +1,12 @@
-"""Prometheus metrics of the service, defined once per process."""
+"""Prometheus metrics of the service, defined once per process.
+
+prometheus_client registers a metric globally when it is created, so each one is made here, once,
+and the modules that count (ingest, writer, recording, gateway) import it. `GET /metrics` serves them.
+"""
 
 from prometheus_client import Counter, Gauge, Histogram
 
 ITEMS = Counter("flywheel_ingest_items_total", "Ingested items by kind and result", ["kind", "result"])
-REQUESTS = Counter("flywheel_http_requests_total", "HTTP requests by route and status", ["route", "status"])
 QUEUE_ITEMS = Gauge("flywheel_writer_queue_items", "Items waiting for the writer")
 COMMIT_SECONDS = Histogram(
     "flywheel_writer_commit_seconds", "Time to commit one batch",
@@ -13,3 +16,8 @@ HANDOVERS = Counter("flywheel_writer_handovers_total", "Times the writer release
 REJECTED = Counter("flywheel_ingest_rejected_total", "Requests refused whole, by reason", ["reason"])
 RECORDING_FAILURES = Counter("flywheel_recording_failures_total", "Gateway calls that could not be recorded")
 GATEWAY = Counter("flywheel_gateway_requests_total", "Gateway requests by route and outcome", ["route", "outcome"])
+MODEL_LOAD_FAILURES = Counter("flywheel_model_load_failures_total",
+                              "Models (adapters, whole models, routes' bases) that could not be loaded, by route and "
+                              "when: at start (a deployed model: its aliases answer 503) or at runtime (a 4xx)",
+                              ["route", "when"])  # fmt: skip
+MODELS_UNAVAILABLE = Gauge("flywheel_models_unavailable", "Deployed models and routes that cannot be served now")

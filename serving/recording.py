@@ -1,22 +1,60 @@
 """Every gateway call becomes an interaction, written through the ingestion writer.
 
-Recording is off the response's critical path (the caller does not wait for the commit) and
-never fails the user's call: a failure is logged and counted in `flywheel_recording_failures_total`.
+`Call` is what is known about one call, whichever route kind answers it; `Call.record` queues
+its interaction. Recording is off the response's critical path (the caller does not wait for the
+commit) and never fails the user's call: a failure is logged and counted in
+`flywheel_recording_failures_total`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import time
+import uuid
 from typing import Any
 
 import msgspec
+from fastapi import Request
 
-from flywheel.records import Limits, interaction_row
+from flywheel.ingest.records import Limits, interaction_row
 from flywheel.settings import RouteSettings, Settings
 from serving import metrics
+from serving.errors import ApiError
+from serving.routing import Target
 from serving.writer import Writer
 
 log = logging.getLogger("flywheel.recording")
+ID_HEADER = "x-flywheel-interaction-id"  # every answer carries the id of its recorded interaction
+TASK_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class Call:
+    """What is known about one gateway call, for its record. `req` is the parsed request body
+    (`serving.openai_types`), `raw` the decoded JSON as sent, `chat` tells chat from completion."""
+
+    def __init__(self, request: Request, project: str, req: Any, raw: dict, chat: bool, target: Target):
+        self.state, self.project, self.req, self.chat, self.target = request.app.state, project, req, chat, target
+        self.id = uuid.uuid4().hex
+        self.started = time.perf_counter()
+        task = request.headers.get("x-flywheel-task") or target.task or "untagged"
+        if not TASK_PATTERN.match(task):
+            raise ApiError(400, "x-flywheel-task: expected 1-128 letters, digits, '.', '_' or '-'", param="x-flywheel-task")
+        self.task = task
+        self.input = ({"messages": req.messages} if chat else
+                      {"prompt": req.prompt if isinstance(req.prompt, str) else req.prompt[0]})  # fmt: skip
+        self.params = {k: raw[k] for k in ("temperature", "top_p", "max_tokens", "stop", "seed") if k in raw}
+
+    def record(self, target: Target, text: str, usage: dict | None, *, error: str | None = None) -> None:
+        p, c = (usage or {}).get("prompt_tokens"), (usage or {}).get("completion_tokens")
+        metadata = {"route": target.route_name, "alias": target.alias, **({"error": error} if error else {})}
+        metrics.GATEWAY.labels(target.route_name, "error" if error else "ok").inc()
+        record(self.state.settings, self.state.writer, project=self.project, interaction={
+            "id": self.id, "task": self.task, "model": target.model_id, **self.input, "params": self.params or None,
+            "response": text, "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost_usd(target.route, p, c),
+            "status": "error" if error else "ok", "user_id": self.req.user or None, "metadata": metadata,
+        })  # fmt: skip
 
 
 def cost_usd(route: RouteSettings, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:

@@ -12,7 +12,7 @@ import time
 
 from fastapi import FastAPI, Request
 
-from flywheel.simulate import QUEUES, Incumbent, true_queue
+from flywheel.demo.world import QUEUES, Incumbent, true_queue
 
 
 def create_app(incumbent: Incumbent = Incumbent(), *, latency_scale: float = 1.0, seed: int = 0) -> FastAPI:

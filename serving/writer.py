@@ -13,7 +13,7 @@ Two measured costs shape the commit (DuckDB 2.0, 2 cores, ≈1.2 KB rows):
   connection closes (idle, hand-over, shutdown): one ≈1 s checkpoint per 256 MB instead.
 - `INSERT … ON CONFLICT DO NOTHING` costs ≈4 ms per statement; ids are almost always new, so
   the batch is appended with a plain INSERT and redone the skipping way only when the primary
-  key refuses it (see `flywheel.interactions`).
+  key refuses it (see `flywheel.ingest.interactions`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from pathlib import Path
 import duckdb
 
 from flywheel import store
-from flywheel.interactions import warm_up, write_feedback, write_interactions
+from flywheel.ingest.interactions import warm_up, write_feedback, write_interactions
+from flywheel.store.rows import FeedbackRow, InteractionRow
 from serving import metrics
 
 log = logging.getLogger("flywheel.writer")
@@ -50,10 +51,13 @@ class Outcome:
     unknown: set[tuple] = field(default_factory=set)
 
 
+Row = InteractionRow | FeedbackRow
+
+
 @dataclass
 class _Job:
     kind: str  # interactions | feedback
-    rows: list[tuple]
+    rows: list[Row]
     future: Future
 
 
@@ -98,7 +102,7 @@ class Writer:
     def pending_items(self) -> int:
         return self._pending_items
 
-    def submit(self, kind: str, rows: list[tuple]) -> Future:
+    def submit(self, kind: str, rows: list[Row]) -> Future:
         """Queue rows for the next commit; the future resolves to an `Outcome` once committed."""
         future: Future = Future()
         # Running from the start, so it cannot be cancelled: a request that stops waiting (ack
@@ -189,12 +193,12 @@ class Writer:
     def _write(self, jobs: list[_Job]) -> list[Outcome]:
         # A retried id may arrive twice in one batch: only its first occurrence is written.
         seen: set[tuple] = set()
-        rows: dict[str, list[tuple]] = {"interactions": [], "feedback": []}
+        rows: dict[str, list[Row]] = {"interactions": [], "feedback": []}
         firsts: list[list[bool]] = []  # per job, per row: the first occurrence of its key
         for job in jobs:
             first = []
             for row in job.rows:
-                key = (job.kind, row[0], row[1])
+                key = (job.kind, row.project, row.id)
                 first.append(key not in seen)
                 if first[-1]:
                     seen.add(key)
@@ -214,15 +218,15 @@ class Writer:
             if new is None:
                 stored = first
             else:  # a new key is credited to the first row that carried it
-                stored = [f and (r[0], r[1]) in new[job.kind] for r, f in zip(job.rows, first)]
+                stored = [f and (r.project, r.id) in new[job.kind] for r, f in zip(job.rows, first)]
             outcome = Outcome(stored=stored)
             if job.kind == "feedback":
-                outcome.unknown = {(r[0], r[2]) for r in job.rows} & unknown
+                outcome.unknown = {(r.project, r.interaction_id) for r in job.rows} & unknown
             outcomes.append(outcome)
         return outcomes
 
     @staticmethod
-    def _insert(con: store.Connection, rows: dict[str, list[tuple]], append: bool) -> tuple[dict | None, set]:
+    def _insert(con: store.Connection, rows: dict[str, list[Row]], append: bool) -> tuple[dict | None, set]:
         """One transaction; returns ({kind: new keys}, or None when append; unknown feedback targets)."""
         if append and not rows["feedback"]:
             # The common case in a single DuckDB call, its own transaction (autocommit): each

@@ -14,8 +14,10 @@ import httpx
 import pytest
 
 from flywheel import store
-from flywheel.keys import create_key
+from flywheel.registry.keys import create_key
 from flywheel.settings import load_settings
+
+pytest_plugins = ["real_model"]  # real_base, small_real_model: one SmolLM2 import per session
 
 
 def free_port() -> int:
@@ -104,7 +106,7 @@ def prefect_harness(tmp_path_factory):
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # a busy 2-core box needs more than 30 s
         yield
     for key, value in saved.items():
         if value is None:

@@ -11,7 +11,7 @@ import datasets
 import pyarrow as pa
 
 from flywheel import store
-from flywheel.curate import CurationConfig
+from flywheel.curate.pipeline import CurationConfig
 
 T0 = datetime(2026, 1, 1)
 CFG = CurationConfig(min_examples=5, eval_fraction=0.2)

@@ -9,11 +9,13 @@ import time
 
 import httpx
 import msgspec
+import pytest
 
 from flywheel import store
-from flywheel.keys import active_keys, hash_key
+from flywheel.registry.keys import active_keys, hash_key
 from flywheel.settings import load_settings
 from conftest import Server, auth
+from real_model import seed_default_base
 
 
 def flywheel(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -42,8 +44,9 @@ def test_keys_create_and_bad_project_name(tmp_path):
     assert missing.returncode == 2 and "--project" in missing.stderr
 
 
-def test_keys_list_and_revoke_against_a_running_service(tmp_path):
+def test_keys_list_and_revoke_against_a_running_service(tmp_path, small_real_model):
     first = flywheel("init", "--data-dir", str(tmp_path)).stdout.strip().splitlines()[-1]
+    seed_default_base(tmp_path, small_real_model)  # init's `local` route: the shrunk SmolLM2, no import
     second = flywheel("keys", "create", "--project", "default", "--data-dir", str(tmp_path)).stdout.strip()
     server = Server(tmp_path, env={"FLYWHEEL_KEY_REFRESH_S": "0.5"}).start()
     try:
@@ -87,9 +90,9 @@ def test_status_and_usage_errors(tmp_path):
 
 
 def test_curate_command(tmp_path):
-    from flywheel.interactions import write_feedback, write_interactions
-    from flywheel.records import Limits, feedback_row, interaction_row
-    from flywheel.simulate import TASK, traffic
+    from flywheel.ingest.interactions import write_feedback, write_interactions
+    from flywheel.ingest.records import Limits, feedback_row, interaction_row
+    from flywheel.demo.world import TASK, traffic
 
     assert flywheel("init", "--data-dir", str(tmp_path), "--project", "shop").returncode == 0
     items, feedback = traffic(200, seed=3)
@@ -151,3 +154,31 @@ def test_promote_and_rollback_commands(tmp_path):
     assert flywheel("promote", "--data-dir", str(tmp_path), "--task", "orders", "--model", "small").returncode == 0
     with store.connect(load_settings(tmp_path).db_path) as con:
         assert con.execute("SELECT project, model FROM deployments WHERE task = 'orders'").fetchall() == [("shop", "small")]
+
+
+@pytest.mark.slow
+def test_a_fresh_init_serves_a_chat_call_on_the_default_route(tmp_path, small_real_model):
+    # `flywheel init` + `flywheel serve`, as a new user runs them: the gateway answers out of the box
+    # on the `local` route (the default base; here its shrunk copy, with the real tokenizer and
+    # chat template), through the official client, and records the call.
+    from openai import OpenAI
+
+    key = flywheel("init", "--data-dir", str(tmp_path)).stdout.strip().splitlines()[-1]
+    assert '[routes.local]' in (tmp_path / "flywheel.toml").read_text()
+    seed_default_base(tmp_path, small_real_model)
+    server = Server(tmp_path).start()
+    try:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key=key)
+        assert "local" in {m.id for m in client.models.list().data}
+        raw = client.chat.completions.with_raw_response.create(
+            model="local", messages=[{"role": "user", "content": "Hello"}], max_tokens=5)
+        answer = raw.parse()
+        assert answer.model == "local" and answer.usage.completion_tokens >= 1
+        interaction_id = raw.headers["x-flywheel-interaction-id"]
+        deadline, seen = time.monotonic() + 10, set()
+        while interaction_id not in seen and time.monotonic() < deadline:  # recorded after the answer
+            time.sleep(0.2)
+            seen = {i["id"] for i in httpx.get(f"{server.url}/v1/interactions", headers=auth(key), timeout=10).json()["data"]}
+        assert interaction_id in seen
+    finally:
+        server.stop()

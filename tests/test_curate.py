@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation_data import CFG, T0, background, db_rows, fb, fill, interaction, sentence, sft_rows
-from flywheel.curate import CurationConfig, CurationError, curate
-from flywheel.dedup import components
+from flywheel.curate.pipeline import CurationConfig, CurationError, curate
+from flywheel.curate.dedup import components
 from flywheel.settings import load_settings
-from flywheel.split import LeakError, _assert_leak_free
+from flywheel.curate.split import LeakError, _assert_leak_free
 
 
 @pytest.fixture

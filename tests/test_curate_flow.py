@@ -45,7 +45,7 @@ def test_curate_flow_registers_and_publishes(prefect_harness, tmp_path):
 def test_curate_flow_fails_fast_on_bad_input(prefect_harness, tmp_path):
     from pipelines.curate import curate_flow
 
-    from flywheel.curate import CurationError
+    from flywheel.curate.pipeline import CurationError
 
     settings = load_settings(tmp_path / "data")
     fill(settings, background(random.Random(2), 3))

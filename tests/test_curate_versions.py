@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 
 from curation_data import CFG, T0, background, db_rows, fb, fill, interaction, sentence, sft_rows
-from flywheel.curate import CurationConfig, curate
-from flywheel.dedup import estimated_jaccard, near_duplicate_groups, sketch
+from flywheel.curate.pipeline import CurationConfig, curate
+from flywheel.curate.dedup import estimated_jaccard, near_duplicate_groups, sketch
 from flywheel.settings import load_settings
 
 
@@ -179,7 +179,7 @@ def test_same_data_same_config_same_version(settings):
 
 
 def test_content_id_hashes_values_not_chunking():
-    from flywheel.curation_output import content_id
+    from flywheel.curate.output import content_id
 
     rows = [{"interaction_id": f"i{k}", "messages": [{"role": "user", "content": f"q{k}"}, {"role": "assistant", "content": "a" * k}],
              "label": None if k % 3 else "billing"} for k in range(10)]  # fmt: skip

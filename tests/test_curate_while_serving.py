@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from conftest import Server, auth, make_keys
-from flywheel.curate import curate
+from flywheel.curate.pipeline import curate
 from flywheel.settings import load_settings
-from flywheel.simulate import TASK, traffic
+from flywheel.demo.world import TASK, traffic
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pyarrow as pa
 
-from flywheel.dedup import candidate_pairs, near_duplicate_groups, sketch
+from flywheel.curate.dedup import candidate_pairs, near_duplicate_groups, sketch
 
 WORDS = [f"w{i}" for i in range(2000)]
 

@@ -149,3 +149,17 @@ def test_golden_jsonl_and_version(tmp_path):
     for missing in (tmp_path / "no-such.yaml", tmp_path):  # a missing file, a folder: an EvalError, not a traceback
         with pytest.raises(SpecError, match="'<root>': cannot read"):
             BenchmarkSpec.from_file(missing)
+
+
+def test_build_sampler_by_kind(tmp_path):
+    from evals.samplers import SAMPLERS, EndpointSampler, build_sampler
+
+    (tmp_path / "flywheel.toml").write_text('[evals.prices."big-llm"]\nprompt = 2.5\ncompletion = 10.0\n')
+    s = build_sampler({"kind": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": "big-llm"}, tmp_path)
+    assert isinstance(s, EndpointSampler) and s.describe()["price"] == {"prompt": 2.5, "completion": 10.0}
+    assert isinstance(build_sampler({"base_url": "http://127.0.0.1:9/v1", "model": "m"}), EndpointSampler)
+    f = build_sampler({"kind": "function", "fn": lambda m: "billing", "model": "rule"})
+    assert f([{"role": "user", "content": "q"}]).text == "billing" and f.describe()["kind"] == "function"
+    assert all(cls.kind == kind for kind, cls in SAMPLERS.items())
+    with pytest.raises(ValueError, match="sampler kind 'oracle'"):
+        build_sampler({"kind": "oracle"})

@@ -12,13 +12,13 @@ import msgspec
 import pytest
 
 from flywheel import store
-from flywheel.curation_config import DatasetVersion
-from flywheel.deployments import assign
-from flywheel.interactions import write_feedback, write_interactions
-from flywheel.promotion import Decision
-from flywheel.records import Limits, feedback_row, interaction_row
+from flywheel.curate.config import DatasetVersion
+from flywheel.registry.deployments import assign
+from flywheel.ingest.interactions import write_feedback, write_interactions
+from flywheel.registry.promotion import Decision
+from flywheel.ingest.records import Limits, feedback_row, interaction_row
 from flywheel.settings import load_settings
-from flywheel.train import Candidate
+from flywheel.train.run import Candidate
 
 CONFIG = """
 [tasks.triage]
@@ -50,14 +50,14 @@ def traffic(settings, task: str, n: int, *, feedback: int, start: int = 0) -> No
 
 
 def test_deployments_are_built_with_the_configured_schedules(settings):
-    from pipelines.flywheel import build_deployments
+    from pipelines.turn import build_deployments
 
     by_name = {d.name: d for d in build_deployments(settings, trigger_every_s=30)}
     assert set(by_name) == {"flywheel-triage", "flywheel-summaries", "feedback-trigger"}
     triage = by_name["flywheel-triage"]
     assert [(s.schedule.cron, s.schedule.timezone) for s in triage.schedules] == [("*/30 2-4 * * 1-5", "UTC")]
     assert triage.parameters == {"task": "triage", "data_dir": str(settings.home.resolve())}
-    assert triage.flow_name == "flywheel" and triage.entrypoint == "pipelines.flywheel.flywheel_flow"
+    assert triage.flow_name == "flywheel" and triage.entrypoint == "pipelines.turn.flywheel_flow"
     assert triage.concurrency_limit == 1  # never two turns of one task at once
     assert by_name["flywheel-summaries"].schedules == []  # empty schedule: on demand only
     trigger = by_name["feedback-trigger"]
@@ -69,7 +69,7 @@ def test_deployments_are_built_with_the_configured_schedules(settings):
 
 
 def test_new_feedback_is_counted_since_the_last_turn(settings):
-    from pipelines.flywheel import feedback_since_last_turn
+    from pipelines.turn import feedback_since_last_turn
 
     assert feedback_since_last_turn(settings, "triage") == 0  # no database yet
     traffic(settings, "triage", 10, feedback=4)
@@ -92,7 +92,7 @@ def test_new_feedback_is_counted_since_the_last_turn(settings):
 def test_deployments_register_with_their_schedule(prefect_harness, settings):
     from prefect.client.orchestration import get_client
 
-    from pipelines.flywheel import build_deployments
+    from pipelines.turn import build_deployments
 
     for deployment in build_deployments(settings):
         deployment.apply()
@@ -110,7 +110,7 @@ def test_deployments_register_with_their_schedule(prefect_harness, settings):
 def test_the_trigger_starts_one_turn_when_enough_feedback_arrived(prefect_harness, settings):
     from prefect.client.orchestration import get_client
 
-    from pipelines.flywheel import build_deployments, feedback_trigger_flow
+    from pipelines.turn import build_deployments, feedback_trigger_flow
 
     for deployment in build_deployments(settings):
         deployment.apply()  # re-applying is idempotent: the same deployments as the test above
@@ -133,7 +133,7 @@ def test_the_trigger_starts_one_turn_when_enough_feedback_arrived(prefect_harnes
 
 def test_the_turn_report_shows_counts_verdicts_with_cis_and_the_decision(tmp_path):
     from evals.stats import Comparison, Verdicts
-    from pipelines.flywheel import turn_markdown, turn_summary
+    from pipelines.turn import turn_markdown, turn_summary
     from pipelines.loop import Turn
 
     dataset = DatasetVersion("ds-1", "acme", "triage", tmp_path, {"kept": 420, "corrections": 37}, True)

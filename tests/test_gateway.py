@@ -13,7 +13,7 @@ import pytest
 
 from conftest import Server, auth, make_keys
 from flywheel import store
-from flywheel.deployments import assign
+from flywheel.registry.deployments import assign
 from flywheel.settings import load_settings
 from serving.routing import canary_bucket
 
@@ -40,7 +40,7 @@ def make_adapter(base, out, seed: int):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from flywheel.tiny import build_tiny_model, ticket_texts
+    from flywheel.demo.tiny import build_tiny_model, ticket_texts
 
     root = tmp_path_factory.mktemp("models")
     base = str(build_tiny_model(root / "base", ticket_texts(200), max_length=96))
@@ -298,3 +298,40 @@ def test_client_disconnect_mid_stream_frees_the_slot(client, servers):
     row = recorded(servers, interaction_id)
     assert row["status"] == "error" and row["metadata"]["error"] == "client disconnected"
     assert ask(client, "tiny").choices[0].finish_reason in ("stop", "length")
+
+
+def test_every_route_kind_has_a_backend():
+    """The kinds a config may name (flywheel.settings) are the kinds the table serves; an unknown one is refused."""
+    from typing import get_args
+
+    from flywheel.settings import RouteSettings
+    from serving.backends import KINDS, build
+
+    assert set(get_args(RouteSettings.model_fields["kind"].annotation)) <= set(KINDS)
+    built = build({"big": RouteSettings(kind="upstream", base_url="http://127.0.0.1:9/v1"),
+                   "gpu": RouteSettings(kind="vllm", base_url="http://127.0.0.1:9/v1")})  # fmt: skip
+    assert [type(b).__name__ for b in built.values()] == ["UpstreamBackend", "VllmBackend"]
+    assert [b.holds_adapters for b in built.values()] == [False, True]
+    with pytest.raises(ValueError, match="routes.odd.kind"):
+        build({"odd": RouteSettings.model_construct(kind="telepathy")})
+
+
+def test_an_adapter_loads_again_after_the_last_one_was_unloaded(models):
+    # The engine on its own: unloading its only adapter used to leave PEFT pointing at it, and the
+    # next load (the demo's second turn) failed with a KeyError.
+    from serving.engine import Engine
+
+    engine = Engine(models["base"], route="tiny")
+    try:
+        for _ in range(2):
+            engine.load_adapter("ada-2", models["ada-2"]).result(timeout=60)
+            assert engine.adapters == {"ada-2": models["ada-2"]}
+            engine.unload_adapter("ada-2").result(timeout=60)
+            assert engine.adapters == {}
+        engine.load_adapter("ada-2", models["ada-2"]).result(timeout=60)
+        engine.load_adapter("ada-3", models["ada-3"]).result(timeout=60)
+        engine.unload_adapter("ada-2").result(timeout=60)  # not the last: the other one stays usable
+        engine.load_adapter("ada-2", models["ada-2"]).result(timeout=60)
+        assert set(engine.adapters) == {"ada-2", "ada-3"}
+    finally:
+        engine.close()

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from flywheel import store
-from flywheel.deployments import deployments, history
+from flywheel.registry.deployments import deployments, history
 from flywheel.settings import load_settings
-from flywheel.simulate import TASK
+from flywheel.demo.world import TASK
 from pipelines.demo import PROJECT, run_demo
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from pii_cases import card, clean_corpus, iban, planted_corpus
 
-from flywheel.pii import KINDS, contains_pii, redact
-from flywheel.pii_scan import suspects
+from flywheel.ingest.pii import KINDS, contains_pii, redact
+from flywheel.curate.pii_scan import suspects
 
 
 def test_recall_per_kind_on_planted_values():

@@ -1,4 +1,4 @@
-"""The gate, atomic promotion, rollback and the canary rule, on a real DuckDB file."""
+"""The gate, atomic promotion and rollback, on a real DuckDB file (the canary: test_canary.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ import msgspec
 import pytest
 
 from flywheel import store
-from flywheel.deployments import assign, deployments, history
-from flywheel.interactions import write_feedback, write_interactions
-from flywheel.promotion import (CanaryRule, Evidence, GateConfig, PromotionError, decide, http_loader, promote, rollback,
-                                settle_canary)  # fmt: skip
-from flywheel.records import Limits, feedback_row, interaction_row
+from flywheel.registry.deployments import assign, deployments, history
+from flywheel.registry.promotion import Evidence, GateConfig, PromotionError, decide, http_loader, promote, rollback
 from flywheel.settings import load_settings
 
 GOOD = Evidence("ready", True, {"quality": "better", "latency": "better", "cost": "better"},
@@ -85,33 +82,6 @@ def test_promote_then_roll_back(settings):
     assert actions == [("promote", "incumbent"), ("promote", "cand-1"), ("rollback", "incumbent")]
     with pytest.raises(PromotionError, match="no previous production"):
         rollback(load_settings(settings.home / "other"), project="p", task="t")
-
-
-def _traffic(settings, model: str, n: int, up: int, start: int) -> None:
-    limits = Limits(1000, 10)
-    items = [{"id": f"{model}-{i}", "task": "t", "model": model, "prompt": "q", "response": "a"} for i in range(start, start + n)]
-    thumbs = [{"interaction_id": f"{model}-{i}", "kind": "thumbs", "value": i - start < up} for i in range(start, start + n)]
-    with store.connect(settings.db_path) as con:
-        write_interactions(con, [interaction_row(msgspec.json.encode(i), project="p", redact=False, limits=limits) for i in items])
-        write_feedback(con, [feedback_row(msgspec.json.encode(f), project="p", redact=False, limits=limits) for f in thumbs])
-
-
-def test_canary_is_rolled_back_or_promoted_by_live_feedback(settings):
-    with store.connect(settings.db_path) as con:
-        assign(con, project="p", task="t", alias="canary", model="cand", share=0.1, reason="canary")
-    rule = CanaryRule(min_feedback=20, max_drop=0.05)
-    _traffic(settings, "incumbent", 40, up=36, start=0)
-    _traffic(settings, "cand", 10, up=5, start=0)
-    assert settle_canary(settings, project="p", task="t", rule=rule) == "waiting"
-    _traffic(settings, "cand", 30, up=15, start=10)  # 50% thumbs up vs 90%
-    assert settle_canary(settings, project="p", task="t", rule=rule) == "rolled back"
-    assert production(settings) == "incumbent"
-    with store.connect(settings.db_path) as con:
-        assert not [d for d in deployments(con, "p") if d.alias == "canary"]
-        assign(con, project="p", task="t", alias="canary", model="good", share=0.1, reason="canary 2")
-    _traffic(settings, "good", 30, up=29, start=0)
-    assert settle_canary(settings, project="p", task="t", rule=rule) == "promoted"
-    assert production(settings) == "good"
 
 
 def test_a_free_local_candidate_passes_a_cost_bound_and_a_gate_typo_is_an_error(tmp_path):

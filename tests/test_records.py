@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywheel.records import INTERACTION_COLUMNS, ItemError, Limits, feedback_row, interaction_row
+from flywheel.ingest.records import INTERACTION_COLUMNS, ItemError, Limits, feedback_row, interaction_row
 
 LIMITS = Limits(max_text_chars=100, max_messages=3)
 json_values = st.recursive(
@@ -76,3 +76,22 @@ def test_repeated_system_prompts_are_redacted_every_time():
     raw = dict(zip(INTERACTION_COLUMNS, interaction_row(msgspec.json.encode(item), project="p", redact=False,
                                                         limits=LIMITS)))  # fmt: skip
     assert "ops@example.com" in raw["request"]
+
+
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[int]
+
+
+@pytest.mark.parametrize("body, top_level, expected", [
+    (b'{"items": ["x"]}', True, ("items[0]", "Expected `int`, got `str`")),
+    (b"{}", True, ("items", "required field missing")),
+    (b'{"items": [], "bogus": 1}', True, ("bogus", "unknown field")),
+    (b'{"items": [], "bogus": 1}', False, (None, "Object contains unknown field `bogus`")),
+    (b"[]", True, (None, "Expected `object`, got `array`")),
+])  # fmt: skip
+def test_a_msgspec_error_names_its_field(body, top_level, expected):
+    from flywheel.ingest.records import field_error
+
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.json.decode(body, type=_Envelope)
+    assert field_error(info.value, name_top_level=top_level) == expected

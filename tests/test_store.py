@@ -9,9 +9,10 @@ import time
 import pytest
 
 from flywheel import store
-from flywheel.interactions import read_interactions, write_feedback, write_interactions
-from flywheel.migrations import MIGRATIONS
-from flywheel.records import Limits, feedback_row, interaction_row
+from flywheel.ingest.interactions import read_interactions, write_feedback, write_interactions
+from flywheel.store.migrations import MIGRATIONS
+from flywheel.store import rows
+from flywheel.ingest.records import Limits, feedback_row, interaction_row
 
 HOLDER = """
 import sys, time, duckdb
@@ -37,6 +38,17 @@ def test_migrations_apply_once_in_order(tmp_path):
     with store.connect(db, read_only=True) as con:
         tables = {t for (t,) in con.execute("SHOW TABLES").fetchall()}
     assert {"interactions", "feedback", "api_keys", "datasets", "models"} <= tables
+
+
+@pytest.mark.parametrize("table, row", [("interactions", rows.InteractionRow), ("feedback", rows.FeedbackRow)])
+def test_migrated_tables_have_the_declared_columns_in_order(tmp_path, table, row):
+    """The migrations are history (never edited) and the writes go by position (INSERT … SELECT *):
+    the table they made must match the row declared in `flywheel.store.rows`, column by column."""
+    with store.connect(tmp_path / "f.duckdb") as con:
+        stored = con.execute(
+            "SELECT column_name, data_type, is_nullable = 'YES' FROM information_schema.columns"
+            " WHERE table_name = ? ORDER BY ordinal_position", [table]).fetchall()  # fmt: skip
+    assert stored == [(c.name, c.sql, c.nullable) for c in rows.columns(row)]
 
 
 def test_lock_held_by_another_process_is_waited_for(tmp_path):

@@ -2,7 +2,7 @@
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from flywheel.tiny import build_tiny_model, ticket_examples, ticket_texts
+from flywheel.demo.tiny import build_tiny_model, ticket_examples, ticket_texts
 
 
 def test_round_trip(tmp_path):

@@ -16,12 +16,12 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from flywheel.distill import exact_match
-from flywheel.recipes import LoraRecipe, Recipe
+from flywheel.train.generate import exact_match
+from flywheel.train.recipes import LoraRecipe, Recipe
 from flywheel.settings import load_settings
 from flywheel.store import connect
-from flywheel.tiny import build_tiny_model, ticket_examples, ticket_texts
-from flywheel.train import BaseModelNotFound, DatasetTooSmall, NonFiniteLoss, OutOfMemory, TrainingError, train
+from flywheel.demo.tiny import build_tiny_model, ticket_examples, ticket_texts
+from flywheel.train.run import BaseModelNotFound, DatasetTooSmall, NonFiniteLoss, OutOfMemory, TrainingError, train
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -229,12 +229,13 @@ def test_gkd_without_teacher_is_refused(world):
 
 
 def test_prefect_task_trains_latest_dataset(world, tmp_path):
-    # The flow's task called as a plain function (`.fn()`): finds the task's newest curated dataset.
-    from flywheel.recipes import dump_recipe
+    # The flow's task called as a plain function (`.fn()`): finds the newest curated dataset of the
+    # task's project (the task has no [tasks.triage] section here, so the project is given).
+    from flywheel.train.recipes import dump_recipe
     from pipelines.train import train_candidate
 
     path = dump_recipe(recipe(world["base"], max_steps=4, exact_match_samples=0), tmp_path / "quick.yaml")
-    summary = train_candidate.fn(task_name="triage", recipe=str(path), data_dir=str(world["settings"].home))
+    summary = train_candidate.fn(task_name="triage", recipe=str(path), project="acme", data_dir=str(world["settings"].home))
     assert summary["status"] == "ready" and summary["metrics"]["global_step"] == 4
     assert rows(summary["id"], world["settings"])[0]["dataset_id"] == "ds-v1"
 
@@ -245,7 +246,7 @@ def test_cli_trains_with_the_tasks_recipe(world, tmp_path):
     import subprocess
     import sys
 
-    from flywheel.recipes import dump_recipe
+    from flywheel.train.recipes import dump_recipe
 
     path = dump_recipe(recipe(world["base"], max_steps=3, exact_match_samples=0), tmp_path / "task.yaml")
     home = world["settings"].home

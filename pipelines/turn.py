@@ -1,0 +1,285 @@
+"""The `flywheel` Prefect flow: one turn of the loop (curate → train → evaluate → gate → promote).
+
+The one place a turn is written: `flywheel run`, the demo and the schedules all run this flow.
+It chains the plain stage functions of `pipelines.loop` as Prefect tasks, so a turn shows in the
+Prefect UI stage by stage, with
+retries where only I/O failed and the turn's report (dataset, candidate, benchmark verdicts with
+their confidence intervals, the gate's decision and reasons) as a Markdown artifact.
+
+Retries: curation and evaluation are retried when the cause is transient I/O (the store locked by
+the ingestion service for longer than one open's own backoff, the service briefly unreachable, a
+full disk); bad input is not, trying again cannot fix it. Training is never retried automatically
+(a guard failure would only fail again, and a crashed run is resumed by running the turn again),
+and neither is promotion: it changes what production serves and appends to the deployment
+history, so it runs once per turn and an operator decides about a second attempt.
+
+Also here: what `flywheel up` serves. `build_deployments` makes one deployment of this flow per
+`[tasks.NAME]` with its cron schedule, plus the `feedback-trigger` deployment (an interval
+schedule) that starts a turn when a task has gathered `min_new_feedback` new feedback items since
+its last turn (`feedback_since_last_turn`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flywheel import store
+from flywheel.curate.config import CurationError, DatasetVersion
+from flywheel.settings import Settings, load_settings
+from flywheel.task import Task, resolve_task
+from flywheel.train.run import Candidate
+from pipelines.loop import (
+    Turn,
+    curate_stage,
+    evaluate_stage,
+    promote_stage,
+    service_key,
+    train_stage,
+)
+from pipelines.retries import publish_markdown, retry_when
+
+TRIGGER_DEPLOYMENT = "feedback-trigger"
+
+# Not transient, although they are OSErrors: a missing or unreadable path stays missing.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _transient(exc: BaseException | None) -> bool:
+    """True when the failure (or what caused it) is I/O that may well succeed on a second try."""
+    while exc is not None:
+        if isinstance(exc, store.StoreBusy | httpx.TransportError):
+            return True
+        if isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS):
+            return True
+        if isinstance(exc, CurationError):
+            return False
+        exc = exc.__cause__
+    return False
+
+
+_retry_io = retry_when(_transient)
+
+
+def deployment_name(task_name: str) -> str:
+    return f"flywheel-{task_name}"
+
+
+# --- the stages as tasks. NO_CACHE: every turn must really run; a cached curation or training
+# would silently replay an old turn (and Settings need not be hashable).
+
+
+@task(name="curate", retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
+def curate_task(settings: Settings, task: Task) -> DatasetVersion:
+    return curate_stage(settings, task)
+
+
+@task(name="train", cache_policy=NO_CACHE)  # never retried automatically, see the module docstring
+def train_task(settings: Settings, task: Task, dataset: DatasetVersion) -> Candidate:
+    return train_stage(settings, task, dataset)
+
+
+@task(name="evaluate", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
+def evaluate_task(settings: Settings, task: Task, dataset: DatasetVersion, candidate: Candidate, key: str) -> Turn:
+    return evaluate_stage(settings, task, dataset, candidate, key=key)
+
+
+@task(name="gate-and-promote", cache_policy=NO_CACHE)  # changes production: once per turn
+def promote_task(settings: Settings, task: Task, turn: Turn, key: str) -> Turn:
+    return promote_stage(settings, task, turn, key=key)
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec) if isinstance(value, int | float) else str(value)
+
+
+def turn_markdown(turn: Turn) -> str:
+    """The turn's report: dataset counts, candidate, benchmark verdicts with CIs, gate decision."""
+    lines = [f"# Flywheel turn: `{turn.task}`", ""]
+    ds = turn.dataset
+    if ds is not None:
+        lines += [f"## Dataset `{ds.id}`" + ("" if ds.created else " (unchanged since the last curation)"), "",
+                  "| count | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in ds.counts.items()), ""]  # fmt: skip
+    c = turn.candidate
+    if c is not None:
+        lines += ["## Candidate", "", f"- id: `{c.id}`", f"- status: **{c.status}**", f"- method: {c.method}",
+                  f"- base model: `{c.base_model}`"]  # fmt: skip
+        if c.error:
+            lines.append(f"- training error: {c.error}")
+        lines.append("")
+    lines += [f"Incumbent (holds `production`): `{turn.incumbent or 'none'}`", ""]
+    verdicts = turn.report.verdicts if turn.report is not None else None
+    if verdicts is not None and verdicts.comparisons:
+        lines += ["## Benchmark: candidate vs incumbent", "",
+                  "| metric | dimension | candidate | incumbent | diff | CI of diff | verdict |", "|---|---|---|---|---|---|---|",
+                  *(f"| {x.metric} | {x.dimension} | {_fmt(x.candidate)} | {_fmt(x.incumbent)} | {_fmt(x.diff, '+.4g')} "
+                    f"| [{_fmt(x.ci_low, '+.4g')}, {_fmt(x.ci_high, '+.4g')}] | **{x.verdict}** |" for x in verdicts.comparisons),
+                  ""]  # fmt: skip
+        if not verdicts.complete:
+            lines += [f"Incomplete comparison: {verdicts.reason}", ""]
+    else:
+        why = (turn.evidence.contamination and f"contaminated benchmark: {turn.evidence.contamination}") if turn.evidence else None
+        lines += ["## Benchmark", "", f"Not run: {why or 'no benchmark, no incumbent, or no ready candidate'}.", ""]
+    if turn.report is not None:
+        lines += [f"Full report: `{turn.report.html_path}`", ""]
+    d = turn.decision
+    if d is not None:
+        label = "REFUSED" if not d.promote else "CANARY" if turn.alias == "canary" else "PROMOTED"
+        lines += [f"## Gate: {label}", "", *(f"- {r}" for r in d.reasons), ""]
+    return "\n".join(lines)
+
+
+def turn_summary(turn: Turn) -> dict[str, Any]:
+    """The flow's result: small and JSON-able (it shows in the UI and may be persisted)."""
+    verdicts = turn.report.verdicts if turn.report is not None else None
+    return {
+        "task": turn.task,
+        "dataset": {"id": turn.dataset.id, "counts": turn.dataset.counts} if turn.dataset else None,
+        "candidate": {"id": turn.candidate.id, "status": turn.candidate.status, "error": turn.candidate.error}
+        if turn.candidate else None,
+        "incumbent": turn.incumbent,
+        "verdicts": dict(verdicts.dimensions) if verdicts else {},
+        "comparisons": [{"metric": x.metric, "dimension": x.dimension, "candidate": x.candidate, "incumbent": x.incumbent,
+                         "diff": x.diff, "ci_low": x.ci_low, "ci_high": x.ci_high, "verdict": x.verdict}
+                        for x in (verdicts.comparisons if verdicts else [])],
+        "promoted": bool(turn.decision and turn.decision.promote),
+        "reasons": list(turn.decision.reasons) if turn.decision else [],
+        "report": str(turn.report.html_path) if turn.report is not None else None,
+        "charts": [str(c) for c in getattr(turn.report, "charts", [])],
+        "evidence": {k: getattr(turn.evidence, k) for k in ("latency_p95_ms", "cost_per_1k_usd", "incumbent_cost_per_1k_usd")}
+        if turn.evidence else {},
+    }  # fmt: skip
+
+
+@task(name="publish-turn-report", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def publish_task(turn: Turn) -> None:
+    verdict = "promoted" if turn.decision and turn.decision.promote else "refused"
+    publish_markdown("flywheel", turn.task, turn_markdown(turn),
+                     f"Flywheel turn of {turn.task}: candidate {turn.candidate.id if turn.candidate else '-'} {verdict}")
+
+
+@flow(name="flywheel")
+def flywheel_flow(task: str, data_dir: str | None = None) -> dict:
+    """One turn of the loop for `task`; the Flywheel service for `data_dir` must be running."""
+    settings = load_settings(data_dir)
+    resolved = resolve_task(settings, task, required=True)  # an unknown task fails the run at once, with the reason
+    with service_key(settings, resolved.project) as key:  # revoked when the turn's service calls are done
+        dataset = curate_task(settings, resolved)
+        candidate = train_task(settings, resolved, dataset)
+        turn = evaluate_task(settings, resolved, dataset, candidate, key)
+        turn = promote_task(settings, resolved, turn, key)
+    publish_task(turn)
+    return turn_summary(turn)
+
+
+# --- the feedback trigger
+
+
+def feedback_since_last_turn(settings: Settings, task: str, *, since: datetime | None = None) -> int:
+    """Feedback rows on `task`'s interactions received after its last turn (the task's newest
+    `deployment_events` row: a promotion, refusal or rollback; a canary's
+    `wait` is not a turn), or all of them when there was none.
+    `since` (UTC) raises the bound further, e.g. to the start of the last run that ended before
+    promoting anything (a failed curation), so the trigger does not fire again on the same feedback."""
+    project = resolve_task(settings, task, required=True).project  # an unknown task: UnknownTask (a KeyError)
+    if not settings.db_path.exists():
+        return 0
+    with store.connect(settings.db_path, read_only=True) as con:
+        # deployment_events.ts defaults to current_timestamp, which DuckDB stores as *local* time,
+        # while received_at is UTC: convert (this process has the writer's TimeZone setting).
+        row = con.execute(
+            "SELECT max(ts)::TIMESTAMPTZ AT TIME ZONE 'UTC' FROM deployment_events"
+            " WHERE project = ? AND task = ? AND action <> 'wait'",
+            [project, task]).fetchone()  # fmt: skip
+        bounds = [b for b in (row[0] if row else None, store.naive_utc(since)) if b is not None]
+        after = max(bounds) if bounds else datetime(1970, 1, 1)
+        return con.execute(
+            "SELECT count(*) FROM feedback f JOIN interactions i ON i.project = f.project AND i.id = f.interaction_id"
+            " WHERE i.project = ? AND i.task = ? AND f.received_at > ?", [project, task, after]).fetchone()[0]  # fmt: skip
+
+
+def _last_run(client, deployment_id) -> Any:
+    """The newest run of a deployment that was due by now (future cron runs are not counted)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterExpectedStartTime,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                                      expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC))),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)  # fmt: skip
+    return runs[0] if runs else None
+
+
+@flow(name="feedback-trigger")
+def feedback_trigger_flow(data_dir: str | None = None) -> dict[str, str]:
+    """For every task with `min_new_feedback`: start its `flywheel` deployment when that much new
+    feedback arrived since its last turn, unless a turn of it is already due or running."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.logging import get_run_logger
+
+    logger = get_run_logger()
+    settings = load_settings(data_dir)
+    outcome: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        for name, cfg in settings.tasks.items():
+            if not cfg.min_new_feedback:
+                continue
+            try:
+                deployment = client.read_deployment_by_name(f"flywheel/{deployment_name(name)}")
+            except ObjectNotFound:
+                outcome[name] = "no deployment"
+                continue
+            last = _last_run(client, deployment.id)
+            if last is not None and last.state is not None and not last.state.is_final():
+                outcome[name] = f"turn {last.name} is {last.state.name.lower()}"  # the count stays high until it ends
+                continue
+            since = (last.start_time or last.expected_start_time) if last is not None else None
+            n = feedback_since_last_turn(settings, name, since=since)
+            if n < cfg.min_new_feedback:
+                outcome[name] = f"waiting: {n}/{cfg.min_new_feedback} new feedback"
+                continue
+            run = client.create_flow_run_from_deployment(deployment.id, tags=["feedback-trigger"])
+            outcome[name] = f"started {run.name}: {n} new feedback >= {cfg.min_new_feedback}"
+            logger.info("%s: %s", name, outcome[name])
+    return outcome
+
+
+def build_deployments(settings: Settings, *, trigger_every_s: float = 60.0) -> list:
+    """What `flywheel up` serves: a `flywheel` deployment per task with its cron schedule (none when
+    `schedule` is empty), the feedback trigger when some task sets `min_new_feedback`, and the
+    `settle` deployment when some task sets `gate.canary_share`."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    home = str(settings.home.resolve())
+    # MODULE_PATH: flow runs import `pipelines.turn` wherever the package is installed,
+    # instead of a file path relative to the directory `flywheel up` was started in.
+    # concurrency_limit=1: a cron turn and a triggered turn of one task never run at once (the
+    # second waits for the first: one training, one promotion at a time).
+    deployments = [
+        flywheel_flow.to_deployment(name=deployment_name(name), concurrency_limit=1,
+                                    schedule=Cron(cfg.schedule, timezone="UTC") if cfg.schedule else None,
+                                    parameters={"task": name, "data_dir": home}, tags=["flywheel", name],
+                                    description=f"One turn of the loop for task {name!r} (schedule: {cfg.schedule or 'none'})",
+                                    entrypoint_type=EntrypointType.MODULE_PATH)  # fmt: skip
+        for name, cfg in settings.tasks.items()
+    ]
+    if any(cfg.min_new_feedback for cfg in settings.tasks.values()):
+        deployments.append(feedback_trigger_flow.to_deployment(
+            name=TRIGGER_DEPLOYMENT, interval=timedelta(seconds=trigger_every_s), parameters={"data_dir": home},
+            tags=["flywheel"], description="Starts a turn when a task has gathered min_new_feedback new feedback",
+            entrypoint_type=EntrypointType.MODULE_PATH))  # fmt: skip
+    from pipelines.settle import settle_deployment
+
+    if (settle := settle_deployment(settings)) is not None:  # when some task runs canaries
+        deployments.append(settle)
+    return deployments

@@ -1,0 +1,121 @@
+"""`kind = "local"`: a Hugging Face model served by our engine (serving.engine) in this process.
+
+The request is tokenized here (with the chat template, PII-redacted first when the route's model
+learned on redacted data), checked against the context length, and handed to the engine, whose
+tokens come back through a queue: collected for a plain answer, relayed as server-sent events
+for a stream. A client that goes away mid-stream cancels its row in the engine's batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from flywheel.ingest import pii
+from flywheel.models import model_path
+from serving import openai_types as oa
+from serving.backends.base import Backend, Unavailable
+from serving.engine import Engine, Generation
+from serving.errors import ApiError
+from serving.recording import ID_HEADER, Call
+from serving.routing import Target
+
+
+class LocalBackend(Backend):
+    holds_adapters = True
+
+    engine: Engine | None = None
+
+    async def start(self, http: httpx.AsyncClient) -> None:
+        route = self.route
+        # `path` may name a base model of the data folder; the default one is imported on first use
+        path = await run_in_threadpool(model_path, self.home, route.path) if self.home else route.path
+        self.engine = await run_in_threadpool(lambda: Engine(path, adapters=route.adapters, max_batch=route.max_batch,
+                                                             max_wait_ms=route.max_wait_ms, route=self.name,
+                                                             home=self.home))  # fmt: skip
+        self.failed_adapters = dict(self.engine.failed)
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        if self.engine is None:
+            raise Unavailable(f"route {self.name!r} has no model loaded")
+        await asyncio.wrap_future(self.engine.load_adapter(name, path))
+
+    async def unload_adapter(self, name: str) -> None:
+        if self.engine is None:
+            raise Unavailable(f"route {self.name!r} has no model loaded")
+        await asyncio.wrap_future(self.engine.unload_adapter(name))
+
+    def _prompt_ids(self, call: Call) -> list[int]:
+        messages, prompt = call.req.messages if call.chat else None, call.input.get("prompt")
+        if self.route.redact_input:  # the model learned on redacted data: show it the same
+            messages = [{**m, "content": pii.redact(m["content"])[0]} if isinstance(m.get("content"), str) else m
+                        for m in messages] if call.chat else None  # fmt: skip
+            prompt = None if call.chat else pii.redact(prompt)[0]
+        try:
+            ids = self.engine.encode_chat(messages) if call.chat else self.engine.encode_prompt(prompt)
+        except Exception as exc:
+            raise ApiError(400, f"messages: cannot apply the chat template: {exc}", param="messages") from None
+        if len(ids) >= self.engine.context_length:
+            param = "messages" if call.chat else "prompt"
+            raise ApiError(400, f"{param}: the prompt is {len(ids)} tokens; this model's context is "
+                           f"{self.engine.context_length} tokens", param=param, code="context_length_exceeded")  # fmt: skip
+        return ids
+
+    async def answer(self, call: Call, target: Target, raw: dict) -> Response:
+        if self.engine is None:
+            raise Unavailable(f"route {self.name!r} did not start: its model could not be loaded")
+        req, cap = call.req, call.state.settings.gateway.max_tokens
+        ids = self._prompt_ids(call)
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        gen = Generation(
+            prompt_ids=ids, max_tokens=min(req.max_completion_tokens or req.max_tokens or cap, cap),
+            temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p or 1.0, seed=req.seed,
+            stop=oa.stops(req), adapter=target.adapter,
+            emit=lambda delta, done: loop.call_soon_threadsafe(events.put_nowait, (delta, done)),
+        )  # fmt: skip
+        self.engine.submit(gen)
+        oid = ("chatcmpl-" if call.chat else "cmpl-") + call.id
+        if not req.stream:
+            pieces, done = [], None
+            while done is None:
+                delta, done = await events.get()
+                pieces.append(delta)
+            text, usage = "".join(pieces), oa.usage(done["prompt_tokens"], done["completion_tokens"])
+            if done["finish_reason"] == "error":
+                call.record(target, text, usage, error=done["error"])
+                raise ApiError(500, f"generation failed: {done['error']}", code="engine_error")
+            body = oa.completion_body(call.chat, oid, target.model_id, text, done["finish_reason"], usage)
+            return Response(msgspec.json.encode(body), media_type="application/json", headers={ID_HEADER: call.id},
+                            background=BackgroundTask(call.record, target, text, usage))  # fmt: skip
+
+        async def stream() -> AsyncIterator[bytes]:
+            pieces, done, first = [], None, True
+            try:
+                while done is None:
+                    delta, done = await events.get()
+                    pieces.append(delta)
+                    if delta or first:
+                        yield oa.sse(oa.chunk_body(call.chat, oid, target.model_id, text=delta, first=first))
+                        first = False
+                yield oa.sse(oa.chunk_body(call.chat, oid, target.model_id, finish=done["finish_reason"]))
+                usage = oa.usage(done["prompt_tokens"], done["completion_tokens"])
+                if (req.stream_options or {}).get("include_usage"):
+                    yield oa.sse(oa.chunk_body(call.chat, oid, target.model_id, usage_=usage))
+                yield oa.sse("[DONE]")
+                call.record(target, "".join(pieces), usage, error=done.get("error"))
+            finally:
+                if not gen.cancelled.is_set() and (done is None or first):
+                    call.record(target, "".join(pieces), None, error="client disconnected")
+                gen.cancelled.set()  # the client went away: the engine drops the row at its next step
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={ID_HEADER: call.id})

@@ -1,0 +1,92 @@
+"""`kind = "upstream"`: an OpenAI-compatible provider (a hosted model, another Flywheel).
+
+The request body goes on as sent, with `model` replaced by the route's model name there; the
+answer comes back as the provider wrote it (stream or not) and is recorded on the way.
+Connection errors, timeouts, 429 and 5xx are retried with backoff up to the route's `retries`,
+then the route fails (`BackendError`) and the gateway tries its fallback; a 4xx is the caller's
+own error and is passed through. A stream is retried only before its first byte reaches our caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from flywheel.settings import RouteSettings
+from serving.backends.base import Backend, BackendError
+from serving.recording import ID_HEADER, Call
+from serving.routing import Target
+
+
+def _headers(route: RouteSettings) -> dict[str, str]:
+    key = os.environ.get(route.api_key_env, "") if route.api_key_env else ""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+async def send(client: httpx.AsyncClient, route: RouteSettings, path: str, body: dict, *,
+               stream: bool = False) -> httpx.Response:
+    """POST `body` to the route; return the first answer that is not a retryable failure.
+    With `stream`, the response is open: the caller reads and closes it."""
+    reason = "no attempt made"
+    for attempt in range(route.retries + 1):
+        if attempt:
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        request = client.build_request("POST", route.base_url.rstrip("/") + path, json=body, headers=_headers(route),
+                                       timeout=route.timeout_s)  # fmt: skip
+        try:
+            response = await client.send(request, stream=stream)
+        except httpx.TransportError as exc:
+            reason = f"{route.base_url}: {type(exc).__name__} {exc}".strip()
+            continue
+        if response.status_code == 429 or response.status_code >= 500:
+            text = (await response.aread()).decode(errors="replace")[:500]
+            await response.aclose()
+            reason = f"{route.base_url} answered {response.status_code}: {text}"
+            continue
+        return response
+    raise BackendError(reason)
+
+
+class UpstreamBackend(Backend):
+    async def start(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def answer(self, call: Call, target: Target, raw: dict) -> Response:
+        path = "/chat/completions" if call.chat else "/completions"
+        body = {**raw, "model": target.adapter or self.route.model or self.name}
+        response = await send(self.http, self.route, path, body, stream=call.req.stream)
+        if response.status_code >= 400:  # the upstream refused the request itself: pass its answer on
+            content = await response.aread()
+            await response.aclose()
+            call.record(target, "", None, error=f"upstream {response.status_code}: {content[:300].decode(errors='replace')}")
+            return Response(content, status_code=response.status_code, media_type="application/json",
+                            headers={ID_HEADER: call.id})  # fmt: skip
+        if not call.req.stream:
+            data = msgspec.json.decode(response.content)
+            choice = (data.get("choices") or [{}])[0]
+            text = (choice.get("message") or {}).get("content") or "" if call.chat else choice.get("text") or ""
+            return Response(response.content, media_type="application/json", headers={ID_HEADER: call.id},
+                            background=BackgroundTask(call.record, target, text, data.get("usage")))  # fmt: skip
+
+        async def relay() -> AsyncIterator[bytes]:
+            pieces, usage = [], None
+            try:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        chunk = msgspec.json.decode(line[6:])
+                        usage = chunk.get("usage") or usage
+                        for choice in chunk.get("choices") or []:
+                            pieces.append((choice.get("delta") or {}).get("content") or "" if call.chat
+                                          else choice.get("text") or "")  # fmt: skip
+                    yield (line + "\n").encode()
+                call.record(target, "".join(pieces), usage)
+            finally:
+                await response.aclose()
+
+        return StreamingResponse(relay(), media_type="text/event-stream", headers={ID_HEADER: call.id})
