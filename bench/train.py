@@ -71,15 +71,9 @@ def _recipe(name: str, base: str, sets: dict, **extra):
     return recipe.replace(**over) if over else recipe
 
 
-def as_prompt_completion(rows: list[dict]) -> list[dict]:
-    """Chats → conversational prompt/completion pairs: TRL then masks the prompt out of the loss
-    (`completion_only_loss`), whatever the chat template (no `{% generation %}` markers needed)."""
-    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
-
-
 def _run_real(name: str, base: str, data: str, sets: dict, threads: int | None, out: dict) -> None:
     import torch
-    from datasets import Dataset, load_from_disk
+    from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers import logging as hf_logging
 
@@ -105,14 +99,15 @@ def _run_real(name: str, base: str, data: str, sets: dict, threads: int | None, 
             peft = LoraConfig(task_type="CAUSAL_LM")
         else:
             from flywheel.train.recipes import lora_config, trl_config
+            from flywheel.train.trainers import as_prompt_completion
 
             recipe = _recipe("sft", base, sets)
             cfg = trl_config(recipe, work, has_eval=False)
             for key, value in COMMON.items():
                 setattr(cfg, key, value)
             peft = lora_config(recipe, model.config)
-            if recipe.completion_only_loss:
-                train_ds = Dataset.from_list(as_prompt_completion(list(train_ds)))
+            if recipe.completion_only_loss:  # what flywheel.train.trainers does with chats
+                train_ds = as_prompt_completion(train_ds)
             result["recipe"] = {k: v for k, v in recipe.to_dict().items() if k in ("learning_rate", "num_train_epochs", "lora", "completion_only_loss")}
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_ds, processing_class=tok, peft_config=peft)
         start = time.perf_counter()

@@ -67,6 +67,11 @@ def load_model(path: str, recipe: Recipe):
     return model, tokenizer
 
 
+def as_prompt_completion(ds):
+    """`messages` rows as conversational prompt/completion rows (the last turn is the completion)."""
+    return ds.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}, remove_columns=["messages"])
+
+
 def build_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, out_dir: Path, callbacks: list):
     args = trl_config(recipe, out_dir / "checkpoints", has_eval=eval_ds is not None)
     peft = lora_config(recipe)
@@ -74,6 +79,11 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, out_dir: 
         from transformers import EarlyStoppingCallback
 
         callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=recipe.early_stopping_patience)]
+    if getattr(args, "completion_only_loss", None) and "messages" in train_ds.column_names:
+        # TRL puts the loss on the completion only for prompt/completion data: a chat becomes its
+        # turns before the last (the prompt) and the last one, the answer. Any chat template works,
+        # where assistant_only_loss needs `{% generation %}` markers (SmolLM2's template has none).
+        train_ds, eval_ds = (as_prompt_completion(ds) if ds is not None else None for ds in (train_ds, eval_ds))
     method = METHODS[recipe.method]
     return method.trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft,
