@@ -20,7 +20,7 @@ import httpx
 from flywheel import store
 from flywheel.curate.config import DatasetVersion
 from flywheel.curate.pipeline import curate
-from flywheel.registry.deployments import deployments
+from flywheel.registry.deployments import holder
 from flywheel.registry.keys import create_key, revoke_key
 from flywheel.registry.promotion import Decision, Evidence, decide, http_loader, promote
 from flywheel.settings import Settings
@@ -72,7 +72,7 @@ def service_loader(settings: Settings, task: Task) -> Callable[[str, str], None]
 
 def production_model(settings: Settings, project: str, task: str) -> str | None:
     with store.connect(settings.db_path) as con:
-        return next((d.model for d in deployments(con, project) if d.task == task and d.alias == "production"), None)
+        return holder(con, project=project, task=task)
 
 
 def curate_stage(settings: Settings, task: Task) -> DatasetVersion:

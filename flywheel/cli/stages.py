@@ -3,7 +3,6 @@ whole turn (`run`): each a thin call into the plain function that does it."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -107,9 +106,9 @@ def promote(task: TaskName, model: Annotated[str, typer.Option(help="A ready can
             reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual promotion") -> None:
     """Put a model in service under an alias now: load it in the running service, then move the alias."""
     from flywheel.registry.models import candidate
-    from flywheel.registry.promotion import Decision, PromotionError, http_loader
+    from flywheel.registry.promotion import Decision, PromotionError
     from flywheel.registry.promotion import promote as run
-    from pipelines.loop import service_key
+    from pipelines.loop import service_loader
 
     settings = settings_of(data_dir)
     resolved = task_of(settings, task, project=project)
@@ -122,12 +121,11 @@ def promote(task: TaskName, model: Annotated[str, typer.Option(help="A ready can
         fail(f"--model: candidate {model!r} is {row.status}; only a ready candidate can serve", 2)
     if row is not None and row.project != project:
         fail(f"--model: candidate {model!r} belongs to project {row.project!r}, not {project!r}", 2)
-    route = resolved.route
-    try:  # a candidate is loaded in the running service first, with a key for that call only
-        with service_key(settings, project) if row else nullcontext() as key:
-            load = http_loader(settings.url, key, route) if row else (lambda name, path: None)
-            run(settings, project=project, task=task, model=model, path=row.path if row else "", alias=alias, share=share,
-                decision=Decision(True, [reason], {"manual": True}), load=load)  # fmt: skip
+    # a candidate is loaded in the running service first, with a key for that call only; a route serves already
+    load = service_loader(settings, resolved) if row else (lambda name, path: None)
+    try:
+        run(settings, project=project, task=task, model=model, path=row.path if row else "", alias=alias, share=share,
+            decision=Decision(True, [reason], {"manual": True}), load=load)  # fmt: skip
     except (PromotionError, ValueError) as exc:
         fail(str(exc))
     typer.echo(f"{task}{'' if alias == 'production' else ':' + alias} → {model}")

@@ -110,8 +110,7 @@ def measure(con: store.Connection, *, project: str, task: str, gate: GateConfig 
     """The running canary of `task` against production, as evidence; None without both aliases."""
     gate = gate or GateConfig()
     started = deployments.canary_started(con, project=project, task=task)
-    production = next((d.model for d in deployments.deployments(con, project)
-                       if d.task == task and d.alias == "production"), None)  # fmt: skip
+    production = deployments.holder(con, project=project, task=task)
     if started is None or production is None:
         return None
     model, share, since = started

@@ -31,6 +31,13 @@ def deployments(con: Connection, project: str | None = None) -> list[Deployment]
     return [Deployment(*row) for row in rows]
 
 
+def holder(con: Connection, *, project: str, task: str, alias: str = "production") -> str | None:
+    """The model that holds `alias` of the task now, or None."""
+    row = con.execute("SELECT model FROM deployments WHERE project = ? AND task = ? AND alias = ?",
+                      [project, task, alias]).fetchone()  # fmt: skip
+    return row[0] if row else None
+
+
 def assign(con: Connection, *, project: str, task: str, alias: str, model: str, reason: str,
            share: float = 1.0, evidence: dict | None = None, action: str = "promote") -> Deployment:
     """Point `alias` of `task` at `model` and record why."""

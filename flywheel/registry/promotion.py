@@ -72,8 +72,7 @@ def promote(settings: Settings, *, project: str, task: str, model: str, path: st
     reason = decision.summary()
     with store.connect(settings.db_path) as con:  # (one open: production is read where the alias moves)
         if decision.canary_share is not None and alias == "production":
-            current = next((d.model for d in deployments.deployments(con, project)
-                            if d.task == task and d.alias == "production"), None)  # fmt: skip
+            current = deployments.holder(con, project=project, task=task)
             if current is None:
                 reason += "; no production model to run a canary against: straight to production"
             elif current != model:
