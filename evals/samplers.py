@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 import time
-import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,9 +33,10 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 def eval_config(home: Path | str) -> dict[str, Any]:
-    """The `[evals]` table of `<home>/flywheel.toml` ({} when absent)."""
-    path = Path(home) / "flywheel.toml"
-    return tomllib.loads(path.read_text()).get("evals", {}) if path.exists() else {}
+    """The `[evals]` settings of the data folder `home` (flywheel.settings.EvalsSettings) as plain data."""
+    from flywheel.settings import load_settings
+
+    return load_settings(home).evals.model_dump()
 
 
 class EndpointSampler(SamplerBase):

@@ -7,11 +7,14 @@ The data folder is `--data-dir`, else `$FLYWHEEL_HOME`, else `./.flywheel`.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
 CONFIG_FILE = "flywheel.toml"
@@ -21,17 +24,23 @@ DB_FILE = "flywheel.duckdb"
 class IngestSettings(BaseModel):
     """Limits of the ingestion API; every limit is named in the error a client gets."""
 
+    model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently unset limit
+
     max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest request body accepted (413 above).")
     max_items: int = Field(5_000, description="Most interactions or feedback items in one request.")
     max_text_chars: int = Field(200_000, description="Longest text of one message, prompt or response.")
     max_messages: int = Field(512, description="Most messages in one interaction.")
     max_queue_items: int = Field(100_000, description="Items waiting for the writer; above it new requests get 503.")
     max_batch_items: int = Field(20_000, description="Most items the writer commits at once.")
+    max_queue_bytes: int = Field(256 * 1024 * 1024, description="Bytes of items waiting for the writer; above it new "
+                                 "requests get 503 with Retry-After at once.")
     ack_timeout_s: float = Field(30.0, description="How long a request waits for its items to be committed.")
 
 
 class RouteSettings(BaseModel):
     """One model the gateway serves, under `[routes.NAME]` in flywheel.toml."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently unset limit
 
     kind: Literal["local", "upstream", "vllm"] = Field(
         description="local: a Hugging Face model served by our engine; upstream: an OpenAI-compatible "
@@ -49,6 +58,7 @@ class RouteSettings(BaseModel):
     usd_per_1k_completion: float = Field(0.0, ge=0, description="Price per 1,000 completion tokens.")
     max_batch: int = Field(16, ge=1, description="local: most requests generated together.")
     max_wait_ms: float = Field(5.0, ge=0, description="local: how long a batch waits to fill up.")
+    projects: list[str] | None = Field(None, description="Projects that may use this route (unset: every project).")
     redact_input: bool = Field(False, description="local: redact PII in prompts before the model sees them, as in "
                                "the (redacted) data it was trained on.")
 
@@ -56,12 +66,49 @@ class RouteSettings(BaseModel):
 class GatewaySettings(BaseModel):
     """The OpenAI-compatible gateway."""
 
+    model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently unset limit
+
     max_tokens: int = Field(512, ge=1, description="Cap on `max_tokens` of any request.")
     alias_refresh_s: float = Field(1.0, description="How often aliases are re-read from the deployments table.")
 
 
+class ServingSettings(BaseModel):
+    """How `flywheel serve` guards itself: which adapter folders it loads, per-key rates, slow clients."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently unset limit
+
+    adapter_dirs: list[Path] = Field(default_factory=list, description="Folders, besides <home>/models, that "
+                                     "runtime adapters (`lora_path`) may be loaded from.")
+    key_requests_per_s: float | None = Field(None, gt=0, description="Per-key requests per second (429 with "
+                                             "Retry-After above it); unset: no limit.")
+    key_items_per_s: float | None = Field(None, gt=0, description="Per-key ingested items per second (429 above "
+                                          "it); unset: no limit.")
+    client_timeout_s: float = Field(10.0, gt=0, description="A client that has not sent its headers and body "
+                                    "within this time is dropped.")
+
+
+class Price(BaseModel):
+    """USD per 1M tokens of a model the benchmarks call outside the routes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: float = Field(0.0, ge=0, description="USD per 1M prompt tokens.")
+    completion: float = Field(0.0, ge=0, description="USD per 1M completion tokens.")
+
+
+class EvalsSettings(BaseModel):
+    """What the benchmarks charge for what they call, under `[evals]` (see evals.samplers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hardware_usd_per_hour: float = Field(0.0, ge=0, description="Price of this machine, for local models' cost.")
+    prices: dict[str, Price] = Field(default_factory=dict, description="Model or route name -> its token prices.")
+
+
 class TaskSettings(BaseModel):
     """How the loop turns for one task, under `[tasks.NAME]` in flywheel.toml."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently unset limit
 
     project: str = Field("default", description="The project whose traffic trains this task's models.")
     recipe: str = Field("sft", description="Training recipe: a default's name (sft, sft-full, distill, gkd, dpo) or a file.")
@@ -90,13 +137,15 @@ class TaskSettings(BaseModel):
 class ProjectSettings(BaseModel):
     """Per-project overrides, under `[projects.NAME]` in flywheel.toml."""
 
+    model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently unset limit
+
     redact_pii: bool = Field(True, description="Replace PII with typed placeholders before storing.")
 
 
 class Settings(BaseSettings):
     """Everything configurable in Flywheel."""
 
-    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_nested_delimiter="__", extra="forbid")
 
     home: Path = Field(Path(".flywheel"), description="The data folder: database, datasets, models, reports.")
     host: str = Field("127.0.0.1", description="Address `flywheel serve` binds.")
@@ -107,14 +156,17 @@ class Settings(BaseSettings):
     projects: dict[str, ProjectSettings] = Field(default_factory=dict, description="Per-project settings.")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     routes: dict[str, RouteSettings] = Field(default_factory=dict, description="Models the gateway serves.")
     tasks: dict[str, TaskSettings] = Field(default_factory=dict, description="Per task: how the loop turns.")
+    evals: EvalsSettings = Field(default_factory=EvalsSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         # The TOML file lives in the data folder, which is itself a setting: resolve it first.
         home = init_settings.init_kwargs.get("home") or os.environ.get("FLYWHEEL_HOME") or ".flywheel"
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=Path(home) / CONFIG_FILE)
+        toml = _StrictToml(settings_cls, toml_file=Path(home) / CONFIG_FILE)
+        _refuse_unknown_env(settings_cls)
         return (init_settings, env_settings, toml)
 
     @model_validator(mode="after")
@@ -143,6 +195,73 @@ class Settings(BaseSettings):
     def redacts(self, project: str) -> bool:
         override = self.projects.get(project)
         return self.redact_pii if override is None else override.redact_pii
+
+
+class UnknownSetting(ValueError):
+    """A key in flywheel.toml or a FLYWHEEL_* variable that names no setting: an error at load, so
+    that a typo (`max_itemz`, `[stor]`) never leaves the user believing a limit or backend is set."""
+
+
+def unknown_settings(data: dict[str, Any], model: type[BaseModel], path: tuple[str, ...] = ()):
+    """(path, closest valid name or None) of every key in `data` that `model` has no field for;
+    tables of models (`routes.NAME`) are walked, free-form tables (`tasks.T.gate`) are not."""
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            yield (*path, key), (close[0] if close else None)
+            continue
+        inner, args = field.annotation, typing.get_args(field.annotation)
+        if typing.get_origin(inner) is dict and len(args) == 2:
+            inner = args[1]
+            value = value if isinstance(value, dict) else {}
+            for name, item in value.items():
+                if isinstance(inner, type) and issubclass(inner, BaseModel) and isinstance(item, dict):
+                    yield from unknown_settings(item, inner, (*path, key, name))
+        elif isinstance(inner, type) and issubclass(inner, BaseModel) and isinstance(value, dict):
+            yield from unknown_settings(value, inner, (*path, key))
+
+
+def _unknown_message(path: tuple[str, ...], close: str | None, where: str) -> str:
+    hint = f" (did you mean {close!r}?)" if close else ""
+    return f"{where}: unknown setting {'.'.join(path)!r}{hint}"
+
+
+class _StrictToml(TomlConfigSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path):
+        super().__init__(settings_cls, toml_file=toml_file)
+        for path, close in unknown_settings(self.toml_data, settings_cls):
+            raise UnknownSetting(_unknown_message(path, close, f"{toml_file}{_line_of(toml_file, path)}"))
+
+
+def _line_of(toml_file: Path, path: tuple[str, ...]) -> str:
+    """`, line N` of the key or table header that introduces `path` (after its parent's header)."""
+    lines = toml_file.read_text().splitlines()
+    start = 0
+    for depth in range(len(path)):
+        dotted = r"\s*\.\s*".join(re.escape(part) for part in path[: depth + 1])
+        header = re.compile(rf"^\s*\[+\s*{dotted}\s*[.\]]")  # [a.b] also introduces a
+        assignment = re.compile(rf"^\s*[\"']?{re.escape(path[depth])}[\"']?\s*=")
+        for i in range(start, len(lines)):
+            if header.match(lines[i]) or (depth == len(path) - 1 and assignment.match(lines[i])):
+                start = i
+                break
+        else:
+            return ""
+    return f", line {start + 1}"
+
+
+def _refuse_unknown_env(settings_cls: type[BaseSettings]) -> None:
+    prefix = settings_cls.model_config["env_prefix"]
+    for name in os.environ:
+        if not name.upper().startswith(prefix):
+            continue
+        path = tuple(name[len(prefix):].lower().split("__"))
+        nested: dict[str, Any] = {}
+        for part in reversed(path):
+            nested = {part: nested}
+        for bad, close in unknown_settings(nested, settings_cls):
+            raise UnknownSetting(_unknown_message(bad, close, f"environment variable {name}"))
 
 
 def read_config_file(path: Path | str) -> dict:
