@@ -4,10 +4,15 @@
     durable ack, and the ratio to DuckDB's own `read_json` load of the same data as NDJSON;
 (b) single-item posts at concurrency 32: req/s, p50/p99 latency;
 (c) peak RSS of the server.
+(d) `--overload`, alone: the sustainable rate of batched posts (closed loop), then an open loop
+    at `--factor` (5) times it: p99 latency of the accepted requests against the unloaded one
+    (one client, one request at a time), the share answered 503/429, `/healthz` p99 meanwhile,
+    the server's peak RSS, and acknowledged-but-lost items (counted in DuckDB after shutdown).
 The server is a real `flywheel serve` subprocess; the client is a lean asyncio HTTP/1.1 client
 sending pre-serialized bodies, so it eats as little of the 2 cores as possible.
 
     .venv/bin/python bench/ingest.py [--events 200000]
+    .venv/bin/python bench/ingest.py --overload [--batch 100] [--seconds 15] [--env FLYWHEEL_X=Y ...]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +33,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import Server, make_keys  # noqa: E402
+
+from flywheel.settings import load_settings  # noqa: E402
 
 WORDS = ("order parcel refund invoice account password delivery broken late charge twice cancel subscription "
          "upgrade plan address warehouse courier tracking number support agent reply please thanks today "
@@ -65,11 +73,13 @@ class Conn:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         return self
 
-    async def post(self, path: str, body: bytes, key: str) -> tuple[int, bytes]:
-        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+    async def post(self, path: str, body: bytes, key: str, method: str = "POST") -> tuple[int, bytes]:
+        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
         self.writer.write(head + body)
         status_line = await self.reader.readline()
+        if not status_line:  # the server closed it (a kept-alive connection idle for too long)
+            raise ConnectionResetError("closed by the server")
         length = 0
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             if line.lower().startswith(b"content-length:"):
@@ -110,6 +120,152 @@ async def singles(port: int, key: str, bodies: list[bytes], concurrency: int) ->
     return time.perf_counter() - started, latencies
 
 
+class Batches:
+    """Bodies of `size` interactions with unique ids (`ov-N-J` for body N), built when sent from
+    pre-serialized items: an overload run sends more bodies than fit in memory."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items = [orjson.dumps({k: v for k, v in e.items() if k != "id"})[1:] for e in make_events(997, seed=2)]
+        self.n = 0
+
+    def next(self) -> tuple[int, bytes]:
+        n, self.n = self.n, self.n + 1
+        items = (b'{"id":"ov-%d-%d",' % (n, j) + self.items[(n * self.size + j) % len(self.items)] for j in range(self.size))
+        return n, b'{"interactions":[' + b",".join(items) + b"]}"
+
+
+PROBE = """
+import json, socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+sock, latencies = socket.create_connection(("127.0.0.1", port)), []
+end = time.perf_counter() + seconds
+while time.perf_counter() < end:
+    t0 = time.perf_counter()
+    sock.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: probe\\r\\n\\r\\n")
+    data = b""
+    while b"\\r\\n\\r\\n" not in data or not data.endswith(b"}"):
+        data += sock.recv(65536)
+    latencies.append(time.perf_counter() - t0)
+    time.sleep(0.05)
+print(json.dumps(latencies))
+"""
+
+
+def p99(latencies: list[float]) -> float:
+    return sorted(latencies)[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan")
+
+
+async def overload(port: int, key: str, batches: Batches, args) -> dict:
+    """(d): unloaded latency, sustainable rate, then the open loop at `args.factor` times it."""
+    acked: set[int] = set()  # bodies whose items were all acknowledged
+
+    async def send(conn: Conn, batch: tuple[int, bytes] | None = None) -> tuple[int, float]:
+        n, body = batch or batches.next()
+        t0 = time.perf_counter()
+        status, answer = await conn.post("/v1/interactions", body, key)
+        if status == 200 and b'"error":0' in answer:
+            acked.add(n)
+        return status, time.perf_counter() - t0
+
+    conn, unloaded = await Conn(port).open(), []
+    end = time.perf_counter() + args.unloaded_seconds
+    while time.perf_counter() < end:
+        status, latency = await send(conn)
+        assert status == 200, f"unloaded post answered {status}"
+        unloaded.append(latency)
+
+    done = 0
+
+    async def closed_loop(end: float) -> None:
+        nonlocal done
+        conn = await Conn(port).open()
+        while time.perf_counter() < end:
+            status, _ = await send(conn)
+            done += status == 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(closed_loop(started + args.seconds / 2) for _ in range(args.concurrency)))
+    sustainable = done / (time.perf_counter() - started)
+
+    rate, idle, tasks, outcomes = sustainable * args.factor, [], set(), []
+    opened = 0
+
+    async def one() -> None:
+        nonlocal opened
+        batch = batches.next()
+        for _ in range(2):  # as a client does: a kept-alive connection the server closed is retried on a new one
+            reused = bool(idle)
+            if reused:
+                conn = idle.pop()
+            else:
+                conn, opened = await Conn(port).open(), opened + 1
+            try:
+                outcomes.append(await send(conn, batch))
+                idle.append(conn)
+                return
+            except (ConnectionError, asyncio.IncompleteReadError):
+                if not reused:
+                    break
+        outcomes.append(("error", 0.0))
+
+    probe = subprocess.Popen([sys.executable, "-c", PROBE, str(port), str(args.seconds)], stdout=subprocess.PIPE)
+    started, sent = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - started) < args.seconds:
+        while sent < int(elapsed * rate):
+            task = asyncio.create_task(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.sleep(0.001)
+    offered = sent / (time.perf_counter() - started)
+    await asyncio.gather(*tasks)
+    health = orjson.loads(probe.communicate()[0])
+    return {"unloaded": unloaded, "sustainable": sustainable, "rate": rate, "offered": offered,
+            "outcomes": outcomes, "health": health, "acked": acked, "connections": opened}  # fmt: skip
+
+
+def lost_items(db: Path, acked: set[int], size: int) -> int:
+    with duckdb.connect(str(db), read_only=True) as con:
+        stored = {r[0] for r in con.execute("SELECT id FROM interactions WHERE id LIKE 'ov-%'").fetchall()}
+    return sum(f"ov-{n}-{j}" not in stored for n in acked for j in range(size))
+
+
+def report_overload(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
+    key = make_keys(work / "data", "bench")["bench"]
+    env = dict(e.split("=", 1) for e in args.env)
+    batches = Batches(args.batch)
+    server = Server(work / "data", env=env).start()
+    try:
+        d = asyncio.run(overload(server.port, key, batches, args))
+        rss = peak_rss_mb(server.proc.pid)
+    finally:
+        clean = server.stop()
+    lost = lost_items(load_settings(work / "data").db_path, d["acked"], args.batch)
+    outcomes = d["outcomes"]
+    accepted = [t for s, t in outcomes if s == 200]
+    share = {s: sum(o[0] == s for o in outcomes) / max(1, len(outcomes)) for s in (200, 503, 429)}
+    other = 1 - sum(share.values())
+    base = p99(d["unloaded"])
+    size = len(batches.next()[1])
+    print(f"(d) overload, batches of {args.batch} interactions ({size / 1000:.0f} kB), server env {env or 'defaults'}")
+    print(f"    unloaded (one request at a time): p50 {statistics.median(d['unloaded']) * 1000:.1f} ms, "
+          f"p99 {base:.1f} ms ({len(d['unloaded'])} requests)")
+    print(f"    sustainable (closed loop, concurrency {args.concurrency}): {d['sustainable']:,.1f} req/s "
+          f"= {d['sustainable'] * args.batch:,.0f} events/s")
+    print(f"    overload: {args.factor:g}x = {d['rate']:,.1f} req/s for {args.seconds:g} s (offered {d['offered']:,.1f} "
+          f"req/s = {d['offered'] / d['sustainable']:.1f}x; {len(outcomes):,} requests, {d['connections']} connections)")
+    print(f"    answered: 200 {share[200]:.1%}, 503 {share[503]:.1%}, 429 {share[429]:.1%}, other {other:.1%}")
+    print(f"    accepted p99 {p99(accepted):.1f} ms = {p99(accepted) / base:.2f}x unloaded  [target <= 2x]")
+    print(f"    /healthz p99 {p99(d['health']):.1f} ms, max {max(d['health']) * 1000:.1f} ms "
+          f"({len(d['health'])} probes)  [target < 100 ms]")
+    print(f"    server peak RSS: {rss:,.0f} MB  [target <= 1,536 MB]")
+    print(f"    acknowledged-but-lost: {lost} of {len(d['acked']) * args.batch:,} acknowledged items  [must be 0]"
+          f"{'' if clean else '  (the server did not shut down gracefully)'}")
+    print(f"    (machine: {os.cpu_count()} cores, shared: figures are noisy)")
+
+
 def duckdb_load(ndjson: Path, db: Path) -> float:
     started = time.perf_counter()
     con = duckdb.connect(str(db))
@@ -130,7 +286,17 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--singles", type=int, default=20_000)
     parser.add_argument("--singles-only", action="store_true", help="(b) alone, on a fresh database")
+    parser.add_argument("--overload", action="store_true", help="(d) alone, on a fresh database")
+    parser.add_argument("--batch", type=int, default=100, help="(d): interactions per request")
+    parser.add_argument("--seconds", type=float, default=15, help="(d): length of the overload (sustainable: half)")
+    parser.add_argument("--unloaded-seconds", type=float, default=4, help="(d): length of the unloaded measure")
+    parser.add_argument("--concurrency", type=int, default=4, help="(d): clients measuring the sustainable rate")
+    parser.add_argument("--factor", type=float, default=5, help="(d): the overload, times the sustainable rate")
+    parser.add_argument("--env", nargs="*", default=[], metavar="FLYWHEEL_X=Y", help="(d): server settings")
     args = parser.parse_args()
+    if args.overload:
+        report_overload(args)
+        return
     if args.singles_only:
         args.events = 0
 

@@ -126,7 +126,11 @@ def evaluate(settings, *, project: str, task: str, benchmark: BenchmarkSpec | st
         ids = [r[0] for r in con.execute("SELECT id FROM eval_runs WHERE benchmark_version = ? AND status = 'done'"
                                          " ORDER BY started_at", [version]).fetchall()]  # fmt: skip
         others = [load_run(con, i) for i in ids if i not in {cand.id, inc.id if inc else None}]
-    verdicts = compare(cand, inc, n_boot=n_boot) if inc is not None else None
+    from flywheel.task import resolve_task
+
+    gate = resolve_task(settings, task).gate  # the report applies the test the task's promotion gate applies
+    verdicts = compare(cand, inc, n_boot=n_boot, margin=gate.quality_margin,
+                       min_examples=gate.min_examples) if inc is not None else None  # fmt: skip
     passed = cand.complete and (verdicts.passed if verdicts else True)
     out = Path(report_dir) if report_dir else Path(settings.home) / "reports" / "eval" / task / cand.id
     out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,11 @@
 """Quality metrics: how one output scores against one example, and how scores aggregate.
 
-Most metrics score each example in [0, 1] and aggregate by the mean. Macro-F1 is a corpus metric:
-each example keeps its (predicted, gold) labels and the aggregate computes F1 over the set, which
-is also what the paired bootstrap recomputes on every resample (`evals.stats`).
+Most metrics score each example in [0, 1] and aggregate by the mean; a metric that does not apply
+to an example (irrelevance on one that expects a call) scores None, left out of the mean and of
+the paired comparison. Macro-F1 is a corpus metric: each example keeps its (predicted, gold)
+labels and the aggregate computes F1 over the set, which is also what the paired bootstrap
+recomputes on every resample (`evals.stats`). The tool-call metrics and how they compare
+arguments are described at their section below.
 The LLM judge lives in `evals.judge` (it needs a sampler and, pairwise, the incumbent's output).
 
 A spec lists metrics as `{"type": "<one of METRICS>", "name": optional alias, **params}`.
@@ -33,7 +36,8 @@ class Metric:
         return self.fn(output or "", example, tool_calls)
 
     def aggregate(self, values: list[Any]) -> float:
-        return sum(values) / len(values) if values else 0.0
+        scored = [v for v in values if v is not None]  # None: the metric does not apply to that example
+        return sum(scored) / len(scored) if scored else 0.0
 
 
 # --- text ----------------------------------------------------------------------------------
@@ -143,22 +147,52 @@ class MacroF1(Metric):
 
 
 # --- tool calls (OpenAI format) -------------------------------------------------------------
+#
+# An expected call is an OpenAI tool call (or `{"name", "arguments"}`). Where more than one value
+# is right, an argument's expected value is an *allowed-values* object instead of a literal, at
+# any depth:
+#     {"any_of": [v1, v2, …]}                   any of these values
+#     {"any_of": [v1, …], "optional": true}     one of them, or the argument left out
+# BFCL's possible-answer list `[v1, v2, ""]` is `{"any_of": [v1, v2], "optional": true}`. An object
+# with an `any_of` key is always read this way (`evals.spec` refuses a malformed one).
+#
+# Two ways to compare arguments:
+# - exact: JSON values equal in type and value (1 ≠ 1.0, "Oslo" ≠ "oslo", true ≠ 1); object key
+#   order never matters; list order does.
+# - typed, the way BFCL's AST checker compares: numbers by value (1 == 1.0), strings ignoring case,
+#   spaces and `,./-_*^` (BFCL's normalisation), and an argument that the tool's schema does not
+#   require may be left out when the expected value is its schema `default` (or be given with
+#   exactly that default when the expected call leaves it out).
+# Scores cover every example: no call expected and none made counts as right. Irrelevance scores
+# only the examples that expect no call, schema validity only the outputs that made a call; the
+# others get None (not scored), which aggregates and paired comparisons skip.
+
+_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+_BFCL_STRIP = re.compile(r"[ ,./\-_*^]")
+
+
+def _text_calls(text: str) -> list[dict[str, Any]]:
+    """Calls a local model wrote as text: `<tool_call>{…}</tool_call>` blocks, else the whole text
+    as JSON (`{"name", "arguments"}`, a list of them, or `{"tool_calls": [...]}`). Only objects
+    with a function name count, so a JSON answer to a non-tool task is not read as a call."""
+    blocks = _TAGGED.findall(text)
+    calls: list[Any] = []
+    for ok, value in (parse_json(b) for b in blocks) if blocks else [parse_json(text)]:
+        if ok:
+            value = value.get("tool_calls", value) if isinstance(value, dict) else value
+            calls += value if isinstance(value, list) else [value]
+    return [c for c in calls if isinstance(c, dict) and isinstance(c.get("function", c), dict)
+            and isinstance(c.get("function", c).get("name"), str)]  # fmt: skip
+
 
 def tool_calls_of(text: str, tool_calls: ToolCalls) -> list[tuple[str, Any]]:
-    """[(name, parsed arguments)] from OpenAI `tool_calls`, else from JSON text a local model wrote
-    (`{"name", "arguments"}`, a list of them, or `{"tool_calls": [...]}`)."""
-    calls = tool_calls
-    if calls is None:
-        ok, value = parse_json(text)
-        if not ok:
-            return []
-        value = value.get("tool_calls", value) if isinstance(value, dict) else value
-        calls = value if isinstance(value, list) else [value]
+    """[(name, parsed arguments)] from OpenAI `tool_calls`, else from the calls written as text
+    (`_text_calls`). Arguments that are not JSON stay a string (which no expected object matches)."""
     out = []
-    for call in calls:
-        if not isinstance(call, dict):
+    for call in _text_calls(text) if tool_calls is None else tool_calls:
+        fn = call.get("function") or call if isinstance(call, dict) else None
+        if not isinstance(fn, dict):
             continue
-        fn = call.get("function", call)
         args = fn.get("arguments", {})
         if isinstance(args, str):
             ok, parsed = parse_json(args)
@@ -167,23 +201,111 @@ def tool_calls_of(text: str, tool_calls: ToolCalls) -> list[tuple[str, Any]]:
     return out
 
 
+def tool_parameters(tools: list[dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
+    """The JSON schema of function `name`'s arguments among `tools` (OpenAI format), or None."""
+    for tool in tools or []:
+        fn = tool.get("function", tool)
+        if fn.get("name") == name:
+            return fn.get("parameters") or {}
+    return None
+
+
+def _bfcl_string(s: str) -> str:
+    return _BFCL_STRIP.sub("", s).lower().replace("'", '"')
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def values_match(got: Any, want: Any, *, typed: bool, schema: Any = None) -> bool:
+    """Whether an output value satisfies an expected one (literal or allowed-values object).
+    `schema`: the JSON schema of this value in the tool's parameters, for typed defaults."""
+    schema = schema if isinstance(schema, dict) else {}
+    if isinstance(want, dict) and "any_of" in want:
+        return any(values_match(got, w, typed=typed, schema=schema) for w in want["any_of"])
+    if isinstance(want, dict):
+        return isinstance(got, dict) and args_match(got, want, typed=typed, schema=schema)
+    if isinstance(want, list):
+        return (isinstance(got, list) and len(got) == len(want)
+                and all(values_match(g, w, typed=typed, schema=schema.get("items")) for g, w in zip(got, want)))  # fmt: skip
+    if typed and _number(got) and _number(want):
+        return got == want
+    if typed and isinstance(got, str) and isinstance(want, str):
+        return _bfcl_string(got) == _bfcl_string(want)
+    return type(got) is type(want) and got == want
+
+
+def args_match(got: dict, want: dict, *, typed: bool, schema: dict[str, Any] | None = None) -> bool:
+    """Objects compared key by key, in any order: every expected key given and matching (or allowed
+    to be left out), and no key given that the expected object does not have (typed: unless it is
+    an optional argument given its schema default)."""
+    props = (schema or {}).get("properties") or {}
+    required = set((schema or {}).get("required") or [])
+
+    def default(key: str) -> tuple[bool, Any]:  # (may be left out for its default, the default)
+        p = props.get(key)
+        return typed and key not in required and isinstance(p, dict) and "default" in p, (p or {}).get("default")
+
+    for key, w in want.items():
+        if key in got:
+            if not values_match(got[key], w, typed=typed, schema=props.get(key)):
+                return False
+        elif not (isinstance(w, dict) and "any_of" in w and w.get("optional") is True):
+            has, value = default(key)
+            if not (has and values_match(value, w, typed=typed, schema=props.get(key))):
+                return False
+    for key in got.keys() - want.keys():
+        has, value = default(key)
+        if not (has and values_match(got[key], value, typed=typed, schema=props.get(key))):
+            return False
+    return True
+
+
+def _calls_match(typed: bool):
+    """Per example: expected calls matched by output calls (same name, arguments matching), each
+    output call used once, over the larger of the two counts; 1.0 when none expected and none made."""
+    def fn(out: str, ex: Example, tc: ToolCalls) -> float:
+        want, got = tool_calls_of("", ex.expected_tool_calls or []), tool_calls_of(out, tc)
+        if not want and not got:
+            return 1.0
+        unmatched, hits = list(got), 0
+        for name, args in want:
+            schema = tool_parameters(ex.tools, name)
+            fits = (i for i, (n, a) in enumerate(unmatched)
+                    if n == name and isinstance(a, dict) and args_match(a, args, typed=typed, schema=schema))  # fmt: skip
+            i = next(fits, None)
+            if i is not None:
+                del unmatched[i]
+                hits += 1
+        return hits / max(len(want), len(got))
+    return fn
+
+
 def _tool_names(out: str, ex: Example, tc: ToolCalls) -> float:
+    """1 when the output calls exactly the expected functions (as a multiset; none for none)."""
     want = sorted(n for n, _ in tool_calls_of("", ex.expected_tool_calls or []))
-    got = sorted(n for n, _ in tool_calls_of(out, tc))
-    return float(bool(want) and want == got)
+    return float(want == sorted(n for n, _ in tool_calls_of(out, tc)))
 
 
-def _tool_args(out: str, ex: Example, tc: ToolCalls) -> float:
-    want = tool_calls_of("", ex.expected_tool_calls or [])
-    got = tool_calls_of(out, tc)
-    if not want or not got:
-        return 0.0
-    unmatched, hits = list(got), 0
-    for call in want:  # each output call may match one expected call (name and arguments equal)
-        if call in unmatched:
-            unmatched.remove(call)
-            hits += 1
-    return hits / max(len(want), len(got))
+def _irrelevance(out: str, ex: Example, tc: ToolCalls) -> float | None:
+    """On an example that expects no call: 1 when the output made none. Others: not scored."""
+    return None if ex.expected_tool_calls else float(not tool_calls_of(out, tc))
+
+
+def _schema_valid(out: str, ex: Example, tc: ToolCalls) -> float | None:
+    """1 when every call names one of the example's tools and its arguments validate against that
+    tool's `parameters`; not scored when the output made no call."""
+    import jsonschema
+
+    calls = tool_calls_of(out, tc)
+    if not calls:
+        return None
+    for name, args in calls:
+        schema = tool_parameters(ex.tools, name)
+        if schema is None or not isinstance(args, dict) or not jsonschema.Draft202012Validator(schema).is_valid(args):
+            return 0.0
+    return 1.0
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -223,7 +345,10 @@ METRICS: dict[str, Callable[[dict, str], Callable]] = {
     "rouge_l": lambda p, w: lambda out, ex, _tc: rouge_l(out, ex.expected),
     "regex": _regex,
     "tool_call_name": lambda p, w: _tool_names,
-    "tool_call_args": lambda p, w: _tool_args,
+    "tool_call_args": lambda p, w: _calls_match(typed=False),
+    "tool_call_args_typed": lambda p, w: _calls_match(typed=True),
+    "tool_call_irrelevance": lambda p, w: _irrelevance,
+    "tool_call_schema_valid": lambda p, w: _schema_valid,
 }
 
 

@@ -67,9 +67,24 @@ def per_example_diffs(candidate: EvalRun, incumbent: EvalRun, metric: str) -> li
     rows = []
     for c in candidate.results:
         i = inc.get(c.example_id)
-        if c.error is None and i is not None and isinstance(c.scores.get(metric), (int, float)):
+        if (c.error is None and i is not None and isinstance(c.scores.get(metric), (int, float))
+                and isinstance(i.scores.get(metric, 0.0), (int, float))):  # None: not scored on that example
             rows.append((float(c.scores[metric]) - float(i.scores.get(metric, 0.0)), c.example_id, c.expected, c.output, i.output))
     return sorted(rows, key=lambda r: (r[0], r[1]))
+
+
+def _test_lines(v: Verdicts) -> list[str]:
+    """The test, its margin and its sample size, and whether quality cleared the margin."""
+    q = v.quality_bound
+    bound = f" ({q.metric}: CI [{q.ci_low:+.3f}, {q.ci_high:+.3f}])" if q else ""
+    test = (f"Test: {v.test} (candidate − incumbent, paired over the examples both runs answered; a verdict needs "
+            f"at least {v.min_examples} of them). Quality non-inferiority, every quality CI's lower bound "
+            f"≥ -{v.margin:g}: **{'yes' if v.non_inferior else 'no'}**{bound}.")  # fmt: skip
+    if v.n_paired >= v.min_examples:
+        return [test]
+    few = (f"> Insufficient evidence: {v.n_paired} paired examples, fewer than the {v.min_examples} a verdict needs "
+           "(`gate.min_examples`). The candidate cannot pass on this benchmark.")  # fmt: skip
+    return [test, "", few]
 
 
 def markdown(*, title: str, candidate: EvalRun, incumbent: EvalRun | None, verdicts: Verdicts | None, passed: bool,
@@ -84,8 +99,9 @@ def markdown(*, title: str, candidate: EvalRun, incumbent: EvalRun | None, verdi
         if verdicts.reason:
             lines += [f"> Not comparable as a pass: {verdicts.reason}", ""]
         lines += ["| dimension | verdict |", "|---|---|"] + [f"| {d} | **{v}** |" for d, v in verdicts.dimensions.items()]
-        lines += ["", f"Paired bootstrap over {verdicts.n_paired} examples, 95% CI of candidate − incumbent:", "",
-                  "| metric | dimension | candidate | incumbent | difference | 95% CI | verdict |", "|---|---|---:|---:|---:|---|---|"]  # fmt: skip
+        lines += ["", *_test_lines(verdicts), "",
+                  f"| metric | dimension | candidate | incumbent | difference | {1 - verdicts.alpha:.0%} CI | verdict |",
+                  "|---|---|---:|---:|---:|---|---|"]  # fmt: skip
         lines += [f"| {c.metric} | {c.dimension} | {_fmt(c.candidate)} | {_fmt(c.incumbent)} | {_fmt(c.diff)} "
                   f"| [{_fmt(c.ci_low)}, {_fmt(c.ci_high)}] | {c.verdict} |" for c in verdicts.comparisons]  # fmt: skip
         lines.append("")

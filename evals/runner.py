@@ -113,7 +113,9 @@ def finalize(con, run_id: str, error: str | None = None) -> EvalRun:
     if error is None and len(ok) < run.n_examples:
         error = f"only {len(ok)} of {run.n_examples} examples answered"
     names = list(ok[0].scores) if ok else []
-    metrics = {k: (run.aggregates.get(k) or (lambda v: float(np.mean(v))))([r.scores.get(k, 0.0) for r in ok]) for k in names}
+    # None: a metric that does not apply to that example; one that applies to none is left out.
+    scored = {k: [r.scores.get(k, 0.0) for r in ok if r.scores.get(k, 0.0) is not None] for k in names}
+    metrics = {k: (run.aggregates.get(k) or (lambda v: float(np.mean(v))))(v) for k, v in scored.items() if v}
     lat = np.array([r.latency_ms for r in ok]) if ok else np.zeros(1)
     sampling_s = float(run.latency.get("sampling_s", 0.0))
     tokens = sum(r.completion_tokens for r in ok)
@@ -150,7 +152,7 @@ def run_benchmark(db_path, *, project: str, task: str, benchmark_id: str, versio
             for s in range(0, len(todo), chunk_size):
                 chunk = todo[s : s + chunk_size]
                 start = time.perf_counter()
-                responses = sampler.batch([e.messages for e in chunk])
+                responses = sampler.batch([e.messages for e in chunk], tools=[e.tools for e in chunk])
                 elapsed = time.perf_counter() - start
                 results = [ExampleResult(example_id=e.id, output=r.text, expected=e.expected, latency_ms=r.latency_ms,
                                          completion_tokens=r.completion_tokens, prompt_tokens=r.prompt_tokens,

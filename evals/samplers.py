@@ -63,11 +63,12 @@ class EndpointSampler(SamplerBase):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "base_url": self.base_url, "model": self.model, "price": self.price}
 
-    def __call__(self, messages: Messages) -> SamplerResponse:
+    def __call__(self, messages: Messages, tools: list[dict] | None = None) -> SamplerResponse:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
                                 "temperature": self.temperature}  # fmt: skip
-        if self.tools:
-            body["tools"] = self.tools
+        tools = self.tools if tools is None else tools  # the example's tools, else the sampler's own
+        if tools:
+            body["tools"] = tools
         error, attempts = "", 0
         for attempt in range(self.max_retries + 1):
             attempts += 1
@@ -98,9 +99,9 @@ class EndpointSampler(SamplerBase):
                                    completion_tokens=ct, cost_usd=cost, tool_calls=msg.get("tool_calls"))  # fmt: skip
         return SamplerResponse(error=f"{attempts} attempt(s) failed; last: {error}")
 
-    def batch(self, batch: list[Messages]) -> list[SamplerResponse]:
+    def batch(self, batch: list[Messages], tools: list[list[dict] | None] | None = None) -> list[SamplerResponse]:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(batch)))) as pool:
-            return list(pool.map(self, batch))
+            return list(pool.map(self, batch, tools or [None] * len(batch)))
 
     def close(self) -> None:
         self._client.close()
@@ -133,24 +134,27 @@ class LocalSampler(SamplerBase):
         return {"kind": self.kind, "path": self.path, "model": self.model, "batch_size": self.batch_size,
                 "usd_per_hour": self.usd_per_hour}  # fmt: skip
 
-    def __call__(self, messages: Messages) -> SamplerResponse:
-        return self._generate([messages])[0]
+    def __call__(self, messages: Messages, tools: list[dict] | None = None) -> SamplerResponse:
+        return self._generate([messages], [tools])[0]
 
-    def batch(self, batch: list[Messages]) -> list[SamplerResponse]:
+    def batch(self, batch: list[Messages], tools: list[list[dict] | None] | None = None) -> list[SamplerResponse]:
+        tools = tools or [None] * len(batch)
         # Similar lengths together waste less padding; answers go back in the caller's order.
         order = sorted(range(len(batch)), key=lambda i: len(str(batch[i])))
         out: list[SamplerResponse | None] = [None] * len(batch)
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
-            for i, r in zip(idx, self._generate([batch[i] for i in idx])):
+            for i, r in zip(idx, self._generate([batch[i] for i in idx], [tools[i] for i in idx])):
                 out[i] = r
         return out  # type: ignore[return-value]
 
-    def _generate(self, batch: list[Messages]) -> list[SamplerResponse]:
+    def _generate(self, batch: list[Messages], tools: list[list[dict] | None]) -> list[SamplerResponse]:
         import torch
 
         tok = self.tokenizer
-        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
+        # Tools go in through the model's chat template (one without a tools section ignores them).
+        texts = [tok.apply_chat_template(m, tools=t or None, tokenize=False, add_generation_prompt=True)
+                 for m, t in zip(batch, tools)]  # fmt: skip
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         start = time.perf_counter()
         with torch.inference_mode():
@@ -184,7 +188,8 @@ class FunctionSampler(SamplerBase):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model, "cost_per_request_usd": self.cost}
 
-    def __call__(self, messages: Messages) -> SamplerResponse:
+    def __call__(self, messages: Messages, tools: list[dict] | None = None) -> SamplerResponse:
+        # The function sees the messages only; one that calls tools returns a SamplerResponse with tool_calls.
         start = time.perf_counter()
         try:
             out = self.fn(messages)

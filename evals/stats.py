@@ -7,6 +7,12 @@ else `not distinguishable`. Dimensions: quality (every metric; worse if any metr
 better if one is better and none worse), latency (per-request ms, lower is better) and cost
 (USD per 1,000 requests, lower is better).
 
+The bootstrap has no floor of its own (3 unanimous examples give a CI of [1, 1]): with fewer than
+`min_examples` pairs every verdict is `insufficient evidence`. And "not distinguishable from zero"
+is no evidence of equal quality (so is [-0.15, +0.03]): a comparison passes only when every quality
+CI's lower bound is at least -`margin` (non-inferiority). Both come from the promotion gate's
+config (`flywheel.registry.gate.GateConfig`), so the report applies the gate's own test.
+
 A run that is not complete (failed, partial, errored examples) never passes: `Verdicts.passed`
 is False with the reason, whatever the numbers say.
 """
@@ -20,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from evals.types import EvalError, EvalRun
+from flywheel.registry.gate import GateConfig
 
-BETTER, SAME, WORSE = "better", "not distinguishable", "worse"
+BETTER, SAME, WORSE, INSUFFICIENT = "better", "not distinguishable", "worse", "insufficient evidence"
 
 
 @dataclass
@@ -50,17 +57,47 @@ class Verdicts:
     n_paired: int
     comparisons: list[Comparison] = field(default_factory=list)
     dimensions: dict[str, str] = field(default_factory=dict)
+    margin: float = GateConfig.quality_margin  # non-inferiority margin on the quality metrics
+    min_examples: int = GateConfig.min_examples  # paired examples a verdict needs
+    alpha: float = 0.05  # the CIs are 1 - alpha
+
+    @property
+    def method(self) -> str:
+        return f"paired bootstrap, {1 - self.alpha:.0%} CI"
+
+    @property
+    def test(self) -> str:
+        """The test in words, for reports: "paired bootstrap, 95% CI, non-inferiority margin 0.01, n=120"."""
+        return f"{self.method}, non-inferiority margin {self.margin:g}, n={self.n_paired}"
+
+    @property
+    def quality_bound(self) -> Comparison | None:
+        """The quality comparison with the lowest CI bound: the one non-inferiority hinges on."""
+        return min((c for c in self.comparisons if c.dimension == "quality"), key=lambda c: c.ci_low, default=None)
+
+    @property
+    def non_inferior(self) -> bool:
+        """Enough pairs, and no quality metric's CI reaches below -margin."""
+        q = self.quality_bound
+        return self.n_paired >= self.min_examples and q is not None and q.ci_low >= -self.margin
 
     @property
     def passed(self) -> bool:
-        """Complete runs, no dimension worse, at least one better."""
+        """Complete runs, non-inferior quality (on enough pairs), no dimension worse, at least one better."""
         vals = self.dimensions.values()
-        return self.complete and WORSE not in vals and BETTER in vals
+        return self.complete and self.non_inferior and WORSE not in vals and BETTER in vals
+
+    def gate_evidence(self) -> dict[str, Any]:
+        """The quality test's figures, as the promotion gate's `Evidence` takes them."""
+        q = self.quality_bound
+        return {"quality_ci": (q.ci_low, q.ci_high) if q else None, "quality_metric": q.metric if q else None,
+                "n_paired": self.n_paired, "test": self.method}  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate_run": self.candidate_run, "incumbent_run": self.incumbent_run, "complete": self.complete,
                 "reason": self.reason, "n_paired": self.n_paired, "passed": self.passed, "dimensions": self.dimensions,
-                "comparisons": [c.__dict__ for c in self.comparisons]}  # fmt: skip
+                "test": self.test, "margin": self.margin, "min_examples": self.min_examples,
+                "non_inferior": self.non_inferior, "comparisons": [c.__dict__ for c in self.comparisons]}  # fmt: skip
 
 
 def mean(values: list[Any]) -> float:
@@ -99,11 +136,13 @@ def combine(verdicts: list[str]) -> str:
 
 
 def compare(candidate_run: EvalRun, incumbent_run: EvalRun, *, aggregates: dict[str, Callable] | None = None,
-            n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> Verdicts:  # fmt: skip
+            n_boot: int = 2000, alpha: float = 0.05, seed: int = 0, margin: float = GateConfig.quality_margin,
+            min_examples: int = GateConfig.min_examples) -> Verdicts:  # fmt: skip
     """Verdicts of candidate vs incumbent over the examples both answered without error.
 
     `aggregates`: metric name → corpus aggregate for metrics that are not a mean (macro-F1);
-    `evals.runner.load_run` runs carry them, so callers rarely pass it."""
+    `evals.runner.load_run` runs carry them, so callers rarely pass it. `margin` and
+    `min_examples`: the non-inferiority test (see the module docstring; the gate's settings)."""
     if candidate_run.benchmark_version != incumbent_run.benchmark_version:
         raise EvalError(f"runs {candidate_run.id} and {incumbent_run.id} are on different benchmark versions "
                         f"({candidate_run.benchmark_version} vs {incumbent_run.benchmark_version}): not comparable")
@@ -113,19 +152,26 @@ def compare(candidate_run: EvalRun, incumbent_run: EvalRun, *, aggregates: dict[
                 for role, r in (("candidate", candidate_run), ("incumbent", incumbent_run)) if not r.complete]  # fmt: skip
     inc = {r.example_id: r for r in incumbent_run.results if r.error is None}
     pairs = [(c, inc[c.example_id]) for c in candidate_run.results if c.error is None and c.example_id in inc]
-    out = Verdicts(candidate_run.id, incumbent_run.id, complete=not problems,
-                   reason="; ".join(problems) or None, n_paired=len(pairs))  # fmt: skip
+    out = Verdicts(candidate_run.id, incumbent_run.id, complete=not problems, reason="; ".join(problems) or None,
+                   n_paired=len(pairs), margin=margin, min_examples=min_examples, alpha=alpha)  # fmt: skip
+    enough = len(pairs) >= min_examples
     names = [k for k in candidate_run.metrics if all(k in c.scores and k in i.scores for c, i in pairs)] if pairs else []
     for k, name in enumerate(names):
         agg = aggregates.get(name)
-        cv, iv = [c.scores[name] for c, _ in pairs], [i.scores[name] for _, i in pairs]
+        # A metric that does not apply to an example scores None there: compared where both runs scored.
+        both = [(c.scores[name], i.scores[name]) for c, i in pairs if c.scores[name] is not None and i.scores[name] is not None]
+        if not both:
+            continue
+        cv, iv = [c for c, _ in both], [i for _, i in both]
         d, lo, hi = paired_bootstrap(cv, iv, agg, n_boot=n_boot, alpha=alpha, seed=seed + k)
-        out.comparisons.append(Comparison(name, "quality", (agg or mean)(cv), (agg or mean)(iv), d, lo, hi, verdict(lo, hi)))
+        out.comparisons.append(Comparison(name, "quality", (agg or mean)(cv), (agg or mean)(iv), d, lo, hi,
+                                          verdict(lo, hi) if enough else INSUFFICIENT))  # fmt: skip
     for dim, name, get in (("latency", "latency_ms", lambda r: r.latency_ms),
                            ("cost", "cost_per_1k_usd", lambda r: r.cost_usd * 1000)):  # fmt: skip
         cv, iv = [get(c) for c, _ in pairs], [get(i) for _, i in pairs]
         d, lo, hi = paired_bootstrap(cv, iv, n_boot=n_boot, alpha=alpha, seed=seed + 1000 + len(name))
-        out.comparisons.append(Comparison(name, dim, mean(cv), mean(iv), d, lo, hi, verdict(lo, hi, False), False))
+        out.comparisons.append(Comparison(name, dim, mean(cv), mean(iv), d, lo, hi,
+                                          verdict(lo, hi, False) if enough else INSUFFICIENT, False))  # fmt: skip
     for dim in ("quality", "latency", "cost"):
-        out.dimensions[dim] = combine([c.verdict for c in out.comparisons if c.dimension == dim])
+        out.dimensions[dim] = combine([c.verdict for c in out.comparisons if c.dimension == dim]) if enough else INSUFFICIENT
     return out

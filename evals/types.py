@@ -2,8 +2,10 @@
 
 A *sampler* is anything that answers chat messages: `sampler(messages) -> SamplerResponse`, and
 `sampler.batch(list_of_messages)` for many at once (endpoints fan out over threads, local models
-generate in batches). A *benchmark* is examples + metrics (`evals.spec`). A run's per-example
-outputs are `ExampleResult`s; a whole run, loaded back from the store, is an `EvalRun`.
+generate in batches). Both take the tools offered with each prompt (`tools=`, OpenAI format),
+since a tool-calling benchmark offers each example its own. A *benchmark* is examples + metrics
+(`evals.spec`). A run's per-example outputs are `ExampleResult`s; a whole run, loaded back from
+the store, is an `EvalRun`.
 """
 
 from __future__ import annotations
@@ -67,11 +69,12 @@ class SamplerBase:
     kind: ClassVar[str] = ""
     model: str = "unknown"
 
-    def __call__(self, messages: Messages) -> SamplerResponse:
+    def __call__(self, messages: Messages, tools: list[dict[str, Any]] | None = None) -> SamplerResponse:
         raise NotImplementedError
 
-    def batch(self, batch: list[Messages]) -> list[SamplerResponse]:
-        return [self(m) for m in batch]
+    def batch(self, batch: list[Messages], tools: list[list[dict[str, Any]] | None] | None = None) -> list[SamplerResponse]:
+        """`tools[i]`: the tools offered with `batch[i]` (None: the sampler's own, if any)."""
+        return [self(m, tools=t) for m, t in zip(batch, tools or [None] * len(batch))]
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], evals_conf: dict[str, Any]) -> SamplerBase:
@@ -85,13 +88,16 @@ class SamplerBase:
 
 @dataclass
 class Example:
-    """One benchmark item: the prompt messages and the reference answer."""
+    """One benchmark item: the prompt messages, the tools offered with them (OpenAI format; None:
+    none), and the reference answer and/or the expected tool calls (`evals.metrics` describes
+    allowed values)."""
 
     id: str
     messages: Messages
     expected: str = ""
     expected_tool_calls: list[dict[str, Any]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass

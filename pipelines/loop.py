@@ -46,9 +46,10 @@ class Turn:
 
 @contextmanager
 def service_key(settings: Settings, project: str) -> Iterator[str]:
-    """A key for the loop's own calls to the service, revoked when they are done."""
+    """A key for the loop's own calls to the service, revoked when they are done: an admin key of
+    the task's project, since the loop loads and unloads that project's models."""
     with store.connect(settings.db_path) as con:
-        key = create_key(con, project)
+        key = create_key(con, project, "admin")
     try:
         yield key
     finally:
@@ -103,6 +104,7 @@ def evaluate_stage(settings: Settings, task: Task, dataset: DatasetVersion, cand
 
     turn = Turn(task.name, dataset, candidate, incumbent=production_model(settings, task.project, task.name))
     verdicts: dict[str, str] = {}
+    measured: dict = {}  # the quality test's CI and sample size (Verdicts.gate_evidence)
     complete, contamination, cand_cost, inc_cost, p95 = False, None, None, None, None
     if candidate.status == "ready" and task.benchmark and turn.incumbent:
         http_loader(settings.url, key, task.route)(candidate.id, _model_path(candidate))
@@ -120,11 +122,12 @@ def evaluate_stage(settings: Settings, task: Task, dataset: DatasetVersion, cand
             turn.report = report
             if report.verdicts is not None:
                 verdicts, complete = dict(report.verdicts.dimensions), report.verdicts.complete
+                measured = report.verdicts.gate_evidence()
             cand_cost = report.candidate.cost.get("per_1k_requests_usd")
             inc_cost = report.incumbent.cost.get("per_1k_requests_usd") if report.incumbent else None
             p95 = report.candidate.latency.get("p95_ms")
     turn.evidence = Evidence(candidate.status, complete, verdicts, latency_p95_ms=p95, cost_per_1k_usd=cand_cost,
-                             incumbent_cost_per_1k_usd=inc_cost, contamination=contamination,
+                             incumbent_cost_per_1k_usd=inc_cost, contamination=contamination, **measured,
                              details={"candidate": candidate.id, "incumbent": turn.incumbent, "dataset": dataset.id,
                                       "report": str(turn.report.html_path) if turn.report else None,
                                       "training_error": candidate.error})  # fmt: skip

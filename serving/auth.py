@@ -1,6 +1,10 @@
-"""Who is calling: `Authorization: Bearer <key>` → the key's project.
+"""Who is calling: `Authorization: Bearer <key>` → the key's project, and may its role do this?
 
-Keys are cached in memory (hash → project). An unknown key triggers at most one re-read of the
+`ProjectDep` lets any key in (an `app` key ingests, sends feedback, calls the gateway and reads
+its project's interactions); `AdminDep` only an `admin` key (adapters, /metrics): another key gets
+403 naming the role it needs (roles: flywheel.registry.keys).
+
+Keys are cached in memory (hash → project and role). An unknown key triggers at most one re-read of the
 keys table per second, so a key created with `flywheel keys create` while the service runs works
 at once, and a flood of bad keys cannot keep the database busy. The cache is also re-read when it
 is older than `key_refresh_s`, so a key revoked with `flywheel keys revoke` stops working then.
@@ -19,7 +23,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from flywheel import store
-from flywheel.registry.keys import active_keys, hash_key
+from flywheel.registry.keys import KeyOwner, active_keys, hash_key
 from serving.errors import ApiError
 
 
@@ -28,7 +32,7 @@ class KeyCache:
         self.db_path = db_path
         self.max_age_s = max_age_s
         self.refresh_interval_s = min(refresh_interval_s, max_age_s)
-        self._keys: dict[str, str] = {}
+        self._keys: dict[str, KeyOwner] = {}
         self._refreshed = 0.0  # when the keys were last read
         self._attempted = 0.0  # when a read was last tried
         self._lock = threading.Lock()
@@ -48,24 +52,37 @@ class KeyCache:
     def stale(self) -> bool:
         return time.monotonic() - self._refreshed >= self.max_age_s
 
-    def cached(self, key_hash: str) -> str | None:
+    def cached(self, key_hash: str) -> KeyOwner | None:
         return self._keys.get(key_hash)
 
 
-async def require_project(request: Request) -> str:
+async def key_owner(request: Request) -> KeyOwner:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
     cache: KeyCache = request.app.state.keys
     key_hash = hash_key(key.strip())
-    project = cache.cached(key_hash)
-    if project is None or cache.stale():
+    owner = cache.cached(key_hash)
+    if owner is None or cache.stale():
         await run_in_threadpool(cache.refresh)
-        project = cache.cached(key_hash)
-    if project is None:
+        owner = cache.cached(key_hash)
+    if owner is None:
         raise ApiError(401, "invalid API key", code="invalid_api_key")
-    return project
+    return owner
 
 
-ProjectDep = Annotated[str, Depends(require_project)]
+async def require_project(request: Request) -> str:
+    return (await key_owner(request)).project
+
+
+async def require_admin(request: Request) -> str:
+    owner = await key_owner(request)
+    if not owner.may("admin"):
+        raise ApiError(403, f"this needs an admin key of project {owner.project!r}; this one is an {owner.role!r} key "
+                       f"(`flywheel keys create --project {owner.project} --role admin`)", code="admin_key_required")  # fmt: skip
+    return owner.project
+
+
+ProjectDep = Annotated[str, Depends(require_project)]  # any key of the project
+AdminDep = Annotated[str, Depends(require_admin)]  # an admin key of the project

@@ -6,6 +6,10 @@ different adapters share the base model in one batch (PEFT's per-row `adapter_na
 that finishes or whose client goes away leaves the batch at once (its KV cache rows are dropped).
 Adapter loads and unloads run in the engine thread between two batches, so they never race a
 forward pass and an in-flight request never fails because of them.
+
+A request's failure is its own: whatever fails in one row's work (its seed, sampling, stop strings,
+detokenizing, its caller's `emit`) ends that row with an error answer, and a failed forward pass
+of the whole batch is retried row by row, so one request never fails its neighbours.
 """
 
 from __future__ import annotations
@@ -31,12 +35,16 @@ from serving.model_check import (
 
 log = logging.getLogger("flywheel.engine")
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+# A temperature below this decodes greedily, as in vLLM: it is the limit of sampling as the
+# temperature goes to 0, and dividing the logits by, say, 1e-300 would overflow them.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
 class Generation:
     """One request to the engine. `emit(delta, done)` is called from the engine thread with each
-    new piece of text, and once with `done` = {"finish_reason", "prompt_tokens", "completion_tokens"}."""
+    new piece of text, and once with `done` = {"finish_reason", "prompt_tokens", "completion_tokens"}
+    (finish_reason "error": this request failed, and `done["error"]` says why; the others went on)."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -55,6 +63,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     generator: object = None
+    finished: bool = False  # its last event, `done`, was emitted (or its client went away)
 
 
 class Engine:
@@ -206,8 +215,9 @@ class Engine:
                 gen = self._requests.get(timeout=timeout) if timeout > 0 else self._requests.get_nowait()
             except queue.Empty:
                 break
-            if gen is not None:
-                batch.append(gen)
+            if gen is None:  # a wake-up (close, or an adapter command): go now with what has come
+                break
+            batch.append(gen)
         return batch
 
     def _run(self) -> None:
@@ -217,72 +227,106 @@ class Engine:
             self._run_admin()
             if not batch:
                 continue
-            groups: dict[str | None, list[Generation]] = {}  # a whole model batches only with itself
+            groups: dict[str | None, list[_Row]] = {}  # a whole model batches only with itself
             for gen in batch:
                 if gen.adapter is not None and gen.adapter not in self.adapters:
-                    gen.emit("", {"finish_reason": "error", "error": f"model {gen.adapter!r} was unloaded",
-                                  "prompt_tokens": len(gen.prompt_ids), "completion_tokens": 0})  # fmt: skip
+                    self._fail(_Row(gen), f"model {gen.adapter!r} was unloaded")
                     continue
-                groups.setdefault(gen.adapter if gen.adapter in self.full_models else None, []).append(gen)
-            for name, group in groups.items():
+                groups.setdefault(gen.adapter if gen.adapter in self.full_models else None, []).append(_Row(gen))
+            for name, rows in groups.items():
                 try:
-                    self._generate(group, self.full_models[name] if name else self.model)
-                except Exception as exc:  # fail this group's requests, keep serving
+                    self._generate(rows, self.full_models[name] if name else self.model)
+                except Exception as exc:  # a fault of the engine itself: end what is left, keep serving
                     log.exception("generation failed")
-                    for gen in group:
-                        gen.emit("", {"finish_reason": "error", "error": str(exc), "prompt_tokens": len(gen.prompt_ids),
-                                      "completion_tokens": 0})  # fmt: skip
+                    for row in rows:
+                        self._fail(row, _why(exc))
 
-    def _generate(self, batch: list[Generation], model) -> None:
+    def _generate(self, rows: list[_Row], model) -> None:
+        """Decode `rows` together until each finishes. A failure of one row's own work (its seed,
+        sampling, stop strings, detokenizing, its caller's `emit`) ends that row alone. A failure of
+        the batched forward pass is retried row by row, each going on from its tokens so far, so it
+        ends only the row that causes it."""
         import torch
         from peft import PeftModel
 
-        rows = [_Row(g) for g in batch]
-        for row in rows:
-            if row.gen.seed is not None:
-                row.generator = torch.Generator(device=self.device).manual_seed(row.gen.seed)
-        width = max(len(g.prompt_ids) for g in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, g in enumerate(batch):  # left padding: every row's next token is at the end
-            ids[i, width - len(g.prompt_ids):] = torch.tensor(g.prompt_ids)
-            mask[i, width - len(g.prompt_ids):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        extra = {}
-        if isinstance(model, PeftModel):
-            extra["adapter_names"] = [g.adapter or BASE for g in batch]
-        past = None
-        with torch.inference_mode():
-            while rows:
-                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                                 use_cache=True, **extra)  # fmt: skip
-                past = out.past_key_values
-                logits = out.logits[:, -1, :].float()
-                keep, next_tokens = [], []
-                for i, row in enumerate(rows):
-                    token = self._sample(logits[i], row)
-                    finish = self._advance(row, token)
-                    if finish is None:
-                        keep.append(i)
-                        next_tokens.append(token)
-                if len(keep) < len(rows):  # finished or abandoned rows leave the batch now
-                    index = torch.tensor(keep, dtype=torch.long, device=self.device)
-                    rows = [rows[i] for i in keep]
-                    if not rows:
-                        break
-                    past.batch_select_indices(index)
-                    mask, positions = mask[index], positions[index]
-                    if "adapter_names" in extra:
-                        extra["adapter_names"] = [extra["adapter_names"][i] for i in keep]
-                ids = torch.tensor(next_tokens, dtype=torch.long, device=self.device).unsqueeze(-1)
-                mask = torch.cat([mask, torch.ones_like(ids)], dim=-1)
-                positions = positions[:, -1:] + 1
+        rows = [row for row in rows if self._isolated(row, self._start, row)]
+        if not rows:
+            return
+        try:
+            inputs = [row.gen.prompt_ids + row.tokens for row in rows]  # (+ tokens: a retried row goes on)
+            width = max(len(i) for i in inputs)
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, row_ids in enumerate(inputs):  # left padding: every row's next token is at the end
+                ids[i, width - len(row_ids):] = torch.tensor(row_ids)
+                mask[i, width - len(row_ids):] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            extra = {}
+            if isinstance(model, PeftModel):
+                extra["adapter_names"] = [row.gen.adapter or BASE for row in rows]
+            past = None
+            with torch.inference_mode():
+                while rows:
+                    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                                use_cache=True, **extra)  # fmt: skip
+                    past = out.past_key_values
+                    logits = out.logits[:, -1, :].float()
+                    keep, next_tokens = [], []
+                    for i, row in enumerate(rows):
+                        token = self._isolated(row, self._step, row, logits[i])
+                        if token is not None:
+                            keep.append(i)
+                            next_tokens.append(token)
+                    if len(keep) < len(rows):  # finished, failed or abandoned rows leave the batch now
+                        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                        rows = [rows[i] for i in keep]
+                        if not rows:
+                            break
+                        past.batch_select_indices(index)
+                        mask, positions = mask[index], positions[index]
+                        if "adapter_names" in extra:
+                            extra["adapter_names"] = [extra["adapter_names"][i] for i in keep]
+                    ids = torch.tensor(next_tokens, dtype=torch.long, device=self.device).unsqueeze(-1)
+                    mask = torch.cat([mask, torch.ones_like(ids)], dim=-1)
+                    positions = positions[:, -1:] + 1
+        except Exception as exc:
+            if len(rows) == 1:
+                log.exception("generation failed")
+                self._fail(rows[0], _why(exc))
+                return
+            log.warning("a batch of %d failed (%s); decoding its rows one by one", len(rows), _why(exc))
+            for row in rows:  # (each still going holds its tokens so far: `rows` drops a row as it ends)
+                self._generate([row], model)
+
+    def _isolated(self, row: _Row, work: Callable[..., object], *args) -> object:
+        """`work(*args)`, or None when it raises: then the row ends with an error and the others go on."""
+        try:
+            return work(*args)
+        except Exception as exc:
+            log.exception("a request failed while decoding; its batch goes on")
+            self._fail(row, _why(exc))
+            return None
+
+    def _start(self, row: _Row) -> _Row:
+        """Check the row and make its random generator (once: a retried row keeps its own)."""
+        import torch
+
+        if not row.gen.prompt_ids:
+            raise ValueError("the prompt has no tokens")
+        if row.generator is None and row.gen.seed is not None:
+            row.generator = torch.Generator(device=self.device).manual_seed(row.gen.seed)
+        return row
+
+    def _step(self, row: _Row, logits) -> int | None:
+        """Sample the row's next token; None when the row is finished (or its client went away)."""
+        token = self._sample(logits, row)
+        return token if self._advance(row, token) is None else None
 
     def _sample(self, logits, row: _Row) -> int:
         import torch
 
-        if row.gen.temperature <= 0:
+        if row.gen.temperature < GREEDY_BELOW:
             return int(logits.argmax())
         probs = torch.softmax(logits / row.gen.temperature, dim=-1)
         if row.gen.top_p < 1.0:
@@ -296,6 +340,7 @@ class Engine:
         """Append `token` to the row, emit the new text; return a finish reason when done."""
         gen = row.gen
         if gen.cancelled.is_set():
+            row.finished = True  # nobody is waiting for its answer
             return "cancelled"
         finish = None
         if token in self.eos_ids:
@@ -319,6 +364,24 @@ class Engine:
                                    or len(gen.prompt_ids) + len(row.tokens) >= self.context_length):
                 finish = "length"
         if finish:
-            gen.emit("", {"finish_reason": finish, "prompt_tokens": len(gen.prompt_ids),
-                          "completion_tokens": len(row.tokens)})  # fmt: skip
+            self._end(row, finish)
         return finish
+
+    def _end(self, row: _Row, finish: str, error: str | None = None) -> None:
+        """Emit the row's last event, `done` (once)."""
+        row.finished = True
+        done = {"finish_reason": finish, "prompt_tokens": len(row.gen.prompt_ids), "completion_tokens": len(row.tokens)}
+        row.gen.emit("", done if error is None else {**done, "error": error})
+
+    def _fail(self, row: _Row, reason: str) -> None:
+        """End the row with an error answer, unless it has ended already."""
+        if row.finished:
+            return
+        try:
+            self._end(row, "error", reason)
+        except Exception:  # its own emit is what fails: there is nobody left to tell
+            log.exception("could not send a failed request its error")
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -7,9 +7,13 @@ from typing import Annotated, Any
 
 import msgspec
 
+# A temperature below serving.engine.GREEDY_BELOW (1e-5, as vLLM) decodes greedily: dividing the
+# logits by 1e-300 would overflow them, and the limit of sampling as it goes to 0 is the argmax.
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TopP = Annotated[float, msgspec.Meta(gt=0, le=1)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+# A 64-bit signed integer, as vLLM and OpenAI take it; a torch generator accepts every one of them.
+Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 class _Params(msgspec.Struct, kw_only=True):
@@ -22,7 +26,7 @@ class _Params(msgspec.Struct, kw_only=True):
     max_completion_tokens: Positive | None = None
     stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
-    seed: int | None = None
+    seed: Seed | None = None
     user: Annotated[str, msgspec.Meta(max_length=256)] | None = None  # (recorded as the user id)
     stream_options: dict[str, Any] | None = None
 
@@ -33,6 +37,11 @@ class ChatRequest(_Params, kw_only=True):
 
 class CompletionRequest(_Params, kw_only=True):
     prompt: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=1)]
+
+
+def token_limit(request: _Params, cap: int) -> int:
+    """The most tokens an answer may have: what the caller asked for, at most `cap` (`gateway.max_tokens`)."""
+    return min(request.max_completion_tokens or request.max_tokens or cap, cap)
 
 
 def stops(request: _Params) -> list[str]:

@@ -2,7 +2,9 @@
 
 `Call` is what is known about one call, whichever route kind answers it; `Call.record` queues
 its interaction. Recording is off the response's critical path (the caller does not wait for the
-commit) and never fails the user's call: a failure is logged and counted in
+commit) and never fails the user's call. Whatever the route accepted and answered is recorded,
+odd messages included (redacted like any interaction); what cannot be (a text over
+`ingest.max_text_chars`, a failed write) is logged with the reason and counted in
 `flywheel_recording_failures_total`.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 import msgspec
 from fastapi import Request
 
+from flywheel.ingest import pii
 from flywheel.ingest.records import Limits, interaction_row
 from flywheel.settings import RouteSettings, Settings
 from serving import metrics
@@ -65,16 +68,19 @@ def cost_usd(route: RouteSettings, prompt_tokens: int | None, completion_tokens:
 
 def record(settings: Settings, writer: Writer, *, project: str, interaction: dict[str, Any]) -> None:
     """Validate, redact and queue one interaction (the body of an ingestion item)."""
+    id = interaction.get("id")
     try:
         limits = Limits(settings.ingest.max_text_chars, settings.ingest.max_messages)
-        row = interaction_row(msgspec.json.encode(interaction), project=project, redact=settings.redacts(project),
-                              limits=limits, source="gateway")  # fmt: skip
+        redact = settings.redacts(project)
+        secret = pii.installation_secret(settings.home) if redact else None
+        row = interaction_row(msgspec.json.encode(interaction), project=project, redact=redact, limits=limits,
+                              source="gateway", secret=secret)  # fmt: skip
         future = writer.submit("interactions", [row])
-        future.add_done_callback(lambda f: f.exception() and _failed(f.exception()))
+        future.add_done_callback(lambda f: f.exception() and _failed(id, f.exception()))
     except Exception as exc:
-        _failed(exc)
+        _failed(id, exc)
 
 
-def _failed(exc: BaseException) -> None:
+def _failed(id: str | None, exc: BaseException) -> None:
     metrics.RECORDING_FAILURES.inc()
-    log.warning("could not record a gateway call: %s", exc)
+    log.warning("could not record gateway call %s: %s", id, exc)

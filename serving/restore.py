@@ -6,7 +6,9 @@ every task of every project and loads their models again, from the `models` tabl
 
 - an adapter (`adapter_path`), else a whole model (`merged_path`: served beside the base on a
   local route), on the task's `[tasks.T] route`, else on the only route that holds adapters;
-- as the candidate's project's, as if its key had loaded it (serving.adapters).
+- as the candidate's project's, as if its admin key had loaded it (serving.adapters), under that
+  project's name for it (serving.routing). The folder comes from the models table, which training
+  wrote, so it is not confined as a `lora_path` sent over HTTP is.
 
 A model that cannot be loaded does not stop the others nor the service: it is logged, counted
 (`flywheel_model_load_failures_total{when="start"}`), listed in /healthz, and its aliases answer
@@ -24,7 +26,7 @@ from flywheel.settings import Settings
 from flywheel.task import resolve_task
 from serving.adapters import failed
 from serving.backends import Backend
-from serving.routing import Router
+from serving.routing import Router, backend_name
 
 log = logging.getLogger("flywheel.serving")
 
@@ -40,8 +42,8 @@ def deployed_models(settings: Settings) -> list[dict]:
             list(ALIASES)).fetchall()  # fmt: skip
     seen, result = set(), []
     for model, project, task, known, owner, adapter_path, merged_path in rows:
-        if model not in seen:
-            seen.add(model)
+        if (owner or project, model) not in seen:
+            seen.add((owner or project, model))
             result.append({"model": model, "project": owner or project, "task": task, "candidate": known,
                            "path": adapter_path or merged_path})  # fmt: skip
     return result
@@ -64,15 +66,14 @@ def route_for(settings: Settings, task: str, backends: dict[str, Backend]) -> st
 async def restore(settings: Settings, router: Router, backends: dict[str, Backend], failed_routes: dict[str, str]) -> None:
     """Load the deployed models; record what could not be (`router.unavailable`)."""
     for name, reason in failed_routes.items():
-        failed(router, name, name, ValueError(f"route {name!r} did not start: {reason}"), when="start")
+        failed(router, None, name, name, ValueError(f"route {name!r} did not start: {reason}"), when="start")
     for name, backend in backends.items():
-        for adapter, reason in backend.failed_adapters.items():
-            router.remove_adapter(adapter)  # it answers 503 with the reason, not the engine's 500
-            failed(router, adapter, name, ValueError(reason), when="start")
+        for adapter, reason in backend.failed_adapters.items():  # it answers 503 with the reason, not the engine's 500
+            failed(router, None, adapter, name, ValueError(reason), when="start")
     for row in deployed_models(settings):
-        model = row["model"]
-        if model in router.routes or model in router.adapters or model in router.unavailable:
-            continue  # a route, an adapter of flywheel.toml (or one that failed just above)
+        model, project = row["model"], row["project"]
+        if model in router.routes or model in router.shared or (project, model) in router.unavailable:
+            continue  # a route, an adapter of flywheel.toml, or one that failed already
         route = "-"
         try:
             if not row["candidate"]:
@@ -82,9 +83,11 @@ async def restore(settings: Settings, router: Router, backends: dict[str, Backen
             route = route_for(settings, row["task"], backends)
             if route in failed_routes:
                 raise ValueError(f"its route {route!r} did not start")
-            await backends[route].load_adapter(model, row["path"])
+            if not router.may_use(project, route):
+                raise ValueError(f"its route {route!r} is not one of project {project!r}'s ([routes.{route}] projects)")
+            await backends[route].load_adapter(backend_name(project, model), row["path"])
         except Exception as exc:  # noqa: BLE001 - each model on its own; the reason is reported
-            failed(router, model, route, exc, when="start")
+            failed(router, project, model, route, exc, when="start")
             continue
-        router.add_adapter(model, route, row["project"])
+        router.add(project, model, route)
         log.info("loaded %s (%s, deployed for %s/%s) on route %r", model, row["path"], row["project"], row["task"], route)

@@ -9,7 +9,14 @@ of the user (or session) id.
 
 A name that is known but cannot be served (a deployed model that failed to load at start, see
 serving.restore) is a `ModelUnavailable`, a 503 with the reason, rather than an unknown model's 404.
-An adapter loaded at runtime belongs to one project (`owners`): other projects do not see it.
+
+Names are per project. What flywheel.toml declares (routes and their adapters: shared bases,
+providers) is visible to every project, or only to a route's `projects` when it lists them. A
+model loaded at run time (serving.adapters) or restored from the registry (serving.restore)
+belongs to one project, the loading key's or its task's: only that project lists it in
+/v1/models, calls it, unloads or replaces it, and two projects may each load a `v1` without
+touching the other's. Its route knows it by `backend_name` (`project/name`), so vLLM and our
+engine hold both. Every message names only what the caller may use.
 """
 
 from __future__ import annotations
@@ -51,43 +58,61 @@ def canary_bucket(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
+def backend_name(project: str, name: str) -> str:
+    """What a route's backend calls a project's model (a project name holds no '/', so it is unique)."""
+    return f"{project}/{name}"
+
+
 class Router:
     def __init__(self, settings: Settings):
         self.routes = settings.routes
         self.db_path: Path = settings.db_path
         self.refresh_s = settings.gateway.alias_refresh_s
-        # adapter name -> route name; local routes' adapters are added by the engine owner
-        self.adapters: dict[str, str] = {a: r for r, route in self.routes.items() for a in route.adapters}
-        # adapter name -> the project it belongs to (loaded by its key, or a candidate of that project);
-        # adapters of flywheel.toml belong to none, i.e. serve every project
-        self.owners: dict[str, str | None] = {}
-        # model or route name -> why it cannot be served (set at start and by failed loads, cleared by a load)
-        self.unavailable: dict[str, str] = {}
+        # adapters of flywheel.toml: name -> route (each project that may use the route sees them)
+        self.shared: dict[str, str] = {a: r for r, route in self.routes.items() for a in route.adapters}
+        # models loaded at run time or restored: (project, name) -> route
+        self.loaded: dict[tuple[str, str], str] = {}
+        # (project, model) or (None, route or shared adapter) -> why it cannot be served (set at start
+        # and by failed loads, cleared by a load)
+        self.unavailable: dict[tuple[str | None, str], str] = {}
         self._aliases: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._attempted = 0.0  # when the aliases were last read, or tried while the store was busy
         self._lock = threading.Lock()
 
-    def model_ids(self, project: str | None = None) -> list[str]:
-        """Routes and adapters (`project`: those it may call; None: every name taken here)."""
-        return sorted(set(self.routes) | {a for a in self.adapters if project is None or self.serves(a, project)})
+    def may_use(self, project: str, route: str) -> bool:
+        allowed = self.routes[route].projects
+        return allowed is None or project in allowed
 
-    def serves(self, adapter: str, project: str) -> bool:
-        return self.owners.get(adapter) in (None, project)
+    def shared_names(self, project: str) -> set[str]:
+        """The routes and adapters of flywheel.toml that `project` may use."""
+        routes = {r for r in self.routes if self.may_use(project, r)}
+        return routes | {a for a, r in self.shared.items() if r in routes}
 
-    def add_adapter(self, name: str, route: str, project: str | None) -> None:
-        self.adapters[name], self.owners[name] = route, project
-        self.unavailable.pop(name, None)
+    def model_ids(self, project: str) -> list[str]:
+        """Routes and adapters `project` may call."""
+        return sorted(self.shared_names(project) | {n for p, n in self.loaded if p == project})
 
-    def remove_adapter(self, name: str) -> None:
-        self.adapters.pop(name, None)
-        self.owners.pop(name, None)
+    def add(self, project: str, name: str, route: str) -> None:
+        self.loaded[(project, name)] = route
+        self.unavailable.pop((project, name), None)
+
+    def remove(self, project: str, name: str) -> None:
+        self.loaded.pop((project, name), None)
+
+    def why_unavailable(self, project: str, name: str) -> str | None:
+        """Why `project`'s model, or a route or adapter of flywheel.toml it may use, cannot be served."""
+        if (project, name) in self.unavailable:
+            return self.unavailable[(project, name)]
+        return self.unavailable.get((None, name)) if name in self.shared_names(project) else None
 
     def failures(self) -> list[dict]:
         """What cannot be served and why, with the aliases that point at it (for /healthz)."""
-        pointing: dict[str, list[str]] = {}
-        for (project, task, alias), (model, _) in sorted(self._aliases.items()):
-            pointing.setdefault(model, []).append(f"{project}/{task}" + ("" if alias == "production" else f":{alias}"))
-        return [{"model": m, "reason": why, "aliases": pointing.get(m, [])} for m, why in sorted(self.unavailable.items())]
+        result = []
+        for (owner, name), why in sorted(self.unavailable.items(), key=lambda kv: (kv[0][1], kv[0][0] or "")):
+            aliases = [f"{p}/{t}" + ("" if a == "production" else f":{a}")
+                       for (p, t, a), (model, _) in sorted(self._aliases.items()) if model == name and owner in (None, p)]
+            result.append({"model": name, "reason": why, "aliases": aliases})
+        return result
 
     def refresh_aliases(self, force: bool = False) -> None:
         """Re-read the aliases once every `refresh_s`. While another process holds the store,
@@ -114,8 +139,7 @@ class Router:
 
     def resolve(self, project: str, model: str, *, user: str | None = None) -> Target:
         task = alias = None
-        mine = model in self.adapters and self.serves(model, project)
-        if model not in self.routes and not mine and model not in self.unavailable:
+        if model not in self.model_ids(project) and self.why_unavailable(project, model) is None:
             task, _, suffix = model.partition(":")
             alias = suffix or "production"
             deployed = self._aliases.get((project, task, alias))
@@ -126,16 +150,19 @@ class Router:
             if alias == "production" and user is not None:
                 canary = self._aliases.get((project, task, "canary"))
                 # (a canary that cannot be served leaves its users on production; `TASK:canary` says why)
-                if canary is not None and canary[0] not in self.unavailable and canary_bucket(user) < canary[1]:
+                if (canary is not None and self.why_unavailable(project, canary[0]) is None
+                        and canary_bucket(user) < canary[1]):
                     model, alias = canary[0], "canary"
-        if model in self.routes:
+        if (project, model) in self.loaded:
+            route_name = self.loaded[(project, model)]
+            return Target(route_name, self.routes[route_name], model, backend_name(project, model), task, alias)
+        if model in self.routes and self.may_use(project, model):  # (a route that did not start says so itself)
             return Target(model, self.routes[model], model, None, task, alias)
-        if model in self.adapters and self.serves(model, project):
-            route_name = self.adapters[model]
-            return Target(route_name, self.routes[route_name], model, model, task, alias)
         named = f"model: {model!r}" if alias is None else f"model: alias {task}:{alias} points at {model!r}, which"
-        if model in self.unavailable:
-            raise ModelUnavailable(f"{named} cannot be served: {self.unavailable[model]}")
-        if model in self.adapters:  # another project's adapter
-            raise ModelUnavailable(f"{named} belongs to another project")
+        why = self.why_unavailable(project, model)
+        if why is not None:
+            raise ModelUnavailable(f"{named} cannot be served: {why}")
+        if model in self.shared_names(project):
+            route_name = self.shared[model]
+            return Target(route_name, self.routes[route_name], model, model, task, alias)
         raise ModelUnavailable(f"{named} is not loaded here (load it: `flywheel promote`, or POST /v1/load_lora_adapter)")

@@ -2,7 +2,8 @@
 
 Requests hand over validated rows and wait; one thread takes everything pending (group commit),
 writes it in one transaction and only then answers, so an acknowledged item is committed. The
-queue is bounded (callers get `QueueFull` and answer 503). The thread keeps the database open
+queue is bounded (callers get `QueueFull` and answer 503; serving.admission refuses at the door
+already, before a body is read, once the queue is full). The thread keeps the database open
 while busy, closes it when idle, and hands it over between two batches whenever another process
 waits for it (see `flywheel.store.waiting`), so curation and the CLI can read while we ingest.
 
@@ -23,6 +24,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +72,7 @@ class Writer:
         self.idle_close_s = idle_close_s
         self.handover_wait_s = handover_wait_s
         self.checkpoint_mb = checkpoint_mb
-        self._jobs: list[_Job] = []
+        self._jobs: deque[_Job] = deque()  # (a backlog of many small requests: popleft is O(1))
         self._pending_items = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -128,7 +130,7 @@ class Writer:
                 return None
             taken, n = [], 0
             while self._jobs and (not taken or n + len(self._jobs[0].rows) <= self.max_batch_items):
-                job = self._jobs.pop(0)
+                job = self._jobs.popleft()
                 taken.append(job)
                 n += len(job.rows)
             return taken

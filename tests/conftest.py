@@ -67,9 +67,9 @@ class Server:
         return code in (0, -signal.SIGTERM) and "Application shutdown complete" in self.log.read_text()
 
 
-def make_keys(data_dir: Path, *projects: str) -> dict[str, str]:
+def make_keys(data_dir: Path, *projects: str, role: str = "app") -> dict[str, str]:
     with store.connect(load_settings(data_dir).db_path) as con:
-        return {p: create_key(con, p) for p in projects}
+        return {p: create_key(con, p, role) for p in projects}
 
 
 def auth(key: str) -> dict[str, str]:
@@ -91,8 +91,9 @@ def shared_server(tmp_path_factory):
     """One server for the read-only-ish API tests of a module, with projects `acme` and `globex`."""
     data_dir = tmp_path_factory.mktemp("flywheel")
     keys = make_keys(data_dir, "acme", "globex")
+    admin = make_keys(data_dir, "acme", role="admin")["acme"]  # (for /metrics)
     server = Server(data_dir).start()
-    server.keys = keys
+    server.keys, server.admin = keys, admin
     yield server
     server.stop()
 

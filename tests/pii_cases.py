@@ -62,6 +62,14 @@ CLEAN = [
     "The bearer of this voucher gets {pct}% off; the bearer instrument expired in {year}.",
     "Call the function getUserAccountBalanceForRegion with region={n} and retry after {n}s.",
     "Coordinates {lat}, {lon} are near the warehouse; drive {n}{n} km north.",
+    # look-alikes of the evasions: words "at" and "dot", URLs with ports and encoding, dotted and dashed ids
+    "Look at docs.python.org or at {first}.example.com for the dot product of {n} vectors.",
+    "We met at noon dot {n} on the dot; see you at the cafe (at) {t} on {d}.",
+    "Open http://localhost:{port}/admin or https://api.example.com:{port}/v{n}/items?q=red%20shoes&page={n}.",
+    "SKU AB{n}{n}-CD{n}{n}-EF{n}{n} and part {o}.{n}{n}{n}{n}.{n}{n}{n}{n} ship from bay {n}{n}-{n}{n}{n}{n}.",
+    "Release {year}.{n}{n}.{n}{n}.{o} replaced build {year}-{n}{n}{n}{n} 20{n}{n} in the changelog.",
+    "Order {big7}-{o} {n}{n} was placed at {d}T{t}:{n}{n}.{o}Z in the EU-{n}{n} region.",
+    "Scan {n}{n}{n} items? No, the count is {o} at {pct}% of the de{n}{n} target (section {n}.{n}{n}.{n}{n}{n}{n}).",
 ]
 # fmt: on
 
@@ -212,3 +220,194 @@ def clean_corpus(n: int, seed: int = 0) -> list[str]:
         }  # fmt: skip
 
     return [rng.choice(CLEAN).format(**fill()) for _ in range(n)]
+
+
+# --- evasions: the same values written to slip past a filter (issue 18, finding 5) ---
+FULL_WIDTH = {c: c + 0xFEE0 for c in range(0x21, 0x7F)}  # "!" to "~" as their full-width forms
+DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63"
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+
+
+def _spelled_email(rng: random.Random) -> str:
+    f, l, dom = rng.choice(FIRST), rng.choice(LAST), rng.choice(DOMAINS)
+    dot = rng.choice([" dot ", " DOT ", " [dot] ", "(dot)", " (dot) ", "{dot}"])
+    at = rng.choice([" at ", " AT ", " [at] ", "(at)", " (at) ", "[at]", " {at} ", " <at> "])
+    local = rng.choice([f, f"{f}{dot}{l}", f"{f}{rng.randint(1, 99)}"])
+    domain = dom.replace(".", dot) if at.strip().lower() == "at" or rng.random() < 0.7 else dom
+    return f"{local}{at}{domain}"
+
+
+def _bracketed_email(rng: random.Random) -> str:
+    f, l, dom = rng.choice(FIRST), rng.choice(LAST), rng.choice(DOMAINS)
+    return f"{f}.{l}{rng.choice([' [at] ', '[at]', ' (at) ', '(at)', ' @ ', '{at}', ' [AT] '])}{dom}"
+
+
+def _dashed(value: str, rng: random.Random) -> str:
+    return "".join(rng.choice(DASHES) if c == "-" else c for c in value)
+
+
+def _zero_width(value: str, rng: random.Random) -> str:
+    cut = sorted(rng.sample(range(1, len(value)), min(3, len(value) - 1)))
+    return "".join(value[a:b] + (rng.choice(ZERO_WIDTH) if b < len(value) else "")
+                   for a, b in zip([0, *cut], [*cut, len(value)]))  # fmt: skip
+
+
+def _card_mixed(rng: random.Random) -> str:
+    digits = _luhn_complete(rng.choice(["4", "51", "55", "6011", "2221"]), 16, rng)
+    seps = [rng.choice(". -") for _ in range(3)] if rng.random() < 0.5 else ["."] * 3
+    return "".join(digits[i * 4 : i * 4 + 4] + (seps[i] if i < 3 else "") for i in range(4))
+
+
+def _iban_loose(rng: random.Random) -> str:
+    value = iban(rng).replace(" ", "")
+    grouped = _group(value, (4,) * 9, rng.choice([" ", "-", ""]))
+    return grouped.lower() if rng.random() < 0.7 else grouped
+
+
+def _url_ip(rng: random.Random) -> tuple[str, str]:
+    host = ".".join(str(rng.randint(1, 254)) for _ in range(4))
+    path = rng.choice(["admin", "api/v1", ""])
+    return f"{rng.choice(['http', 'https', 'ftp'])}://{host}:{rng.randint(80, 65535)}/{path}", host
+
+
+def _url_credentials(rng: random.Random) -> tuple[str, str]:
+    user = rng.choice([f"{rng.choice(FIRST)}.{rng.choice(LAST)}", rng.choice(FIRST), "admin"])
+    password = "".join(rng.choice(B62 + "!$*") for _ in range(rng.randint(2, 16)))
+    return f"{rng.choice(['https', 'postgres', 'redis', 'ftp'])}://{user}:{password}@{rng.choice(DOMAINS)}/x", \
+        f"{user}:{password}"
+
+
+def _url_encoded_email(rng: random.Random) -> tuple[str, str]:
+    value = email(rng)
+    prefix = rng.choice(["mailto:", "https://shop.example.org/account?email=", ""])
+    return prefix + value.replace("@", rng.choice(["%40", "%40", "%2540"])), value
+
+
+def _hidden(hide):
+    """An evasion that hides a plain value of a random kind: (kind, as written, the plain value)."""
+    def make(rng: random.Random) -> tuple[str, str, str]:
+        kind = rng.choice(["EMAIL", "PHONE", "CARD", "SSN", "IBAN"])
+        value = GENERATORS[kind](rng)
+        return kind, hide(value, rng), value
+    return make
+
+
+def _same(kind, make):
+    """An evasion whose value as written is the one that must vanish."""
+    def made(rng: random.Random) -> tuple[str, str, str]:
+        value = make(rng)
+        return kind, value, value
+    return made
+
+
+def _written(kind, make):
+    """An evasion whose maker returns (as written, the plain value)."""
+    return lambda rng: (kind, *make(rng))
+
+
+def _dashed_value(rng: random.Random) -> tuple[str, str, str]:
+    phone_number = f"{rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(1000, 9999)}"
+    kind, value = rng.choice([("SSN", ssn(rng)), ("PHONE", phone_number),
+                              ("CARD", _group(_luhn_complete("4", 16, rng), (4, 4, 4), "-"))])
+    return kind, _dashed(value, rng), value
+
+
+# kind of evasion -> rng -> (PII kind, the value as written, the plain value that must not survive)
+EVASIONS = {
+    "spelled-out e-mail": _same("EMAIL", _spelled_email),
+    "bracketed e-mail": _same("EMAIL", _bracketed_email),
+    "full-width characters": _hidden(lambda v, rng: v.translate(FULL_WIDTH)),
+    "Unicode dashes": _dashed_value,
+    "zero-width characters": _hidden(_zero_width),
+    "URL-encoded @": _written("EMAIL", _url_encoded_email),
+    "card with dots or mixed separators": _same("CARD", _card_mixed),
+    "lowercase or dashed IBAN": _same("IBAN", _iban_loose),
+    "IPv4 with port in a URL": _written("IP", _url_ip),
+    "SSN with spaces": _same("SSN", lambda rng: ssn(rng).replace("-", " ")),
+    "credentials in a URL": _written("SECRET", _url_credentials),
+}
+
+
+def evasion_corpus(n_per_kind: int, seed: int = 0) -> list[tuple[str, str, str, str, str]]:
+    """(sentence, evasion kind, PII kind, value as written, plain value): both values must vanish
+    (the plain one from the normalized output too) and `<KIND>` appear."""
+    rng, out = random.Random(seed), []
+    for evasion, make in EVASIONS.items():
+        for _ in range(n_per_kind):
+            kind, written, plain = make(rng)
+            out.append((rng.choice(PLANT).format(v=written), evasion, kind, written, plain))
+    return out
+
+
+# --- per field: a value planted in each field of an item (flywheel.ingest.records) ---
+BASE_ITEM = {"task": "t", "model": "m", "messages": [{"role": "user", "content": "hi"}], "response": "ok"}
+BASE_FEEDBACK = {"interaction_id": "i1", "kind": "label", "value": "billing"}
+
+
+def _tool_call(v: str) -> dict:
+    arguments = json.dumps({"to": v, "note": f"for {v}", "n": 3})
+    return {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "send", "arguments": arguments}}]}
+
+
+# field -> ("interaction" | "feedback" | "gateway", how the value enters the item)
+FIELDS = {
+    "messages[].content": ("interaction", lambda v: {"messages": [{"role": "user", "content": f"Hi, {v} here"}]}),
+    "messages[].content (system)": ("interaction", lambda v: {"messages": [{"role": "system", "content": f"Escalate to {v}"},
+                                                                            {"role": "user", "content": "hi"}]}),
+    "messages[].name": ("interaction", lambda v: {"messages": [{"role": "user", "name": v, "content": "hi"}]}),
+    "messages[].content[].text": ("interaction", lambda v: {"messages": [{"role": "user", "content": [{"type": "text", "text": v}]}]}),
+    "messages[].content[].image_url": ("interaction", lambda v: {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"https://img.example.com/u?who={v}"}}]}]}),
+    "tool-call arguments": ("interaction", lambda v: {"messages": [{"role": "user", "content": "send it"}, _tool_call(v)]}),
+    "tool result": ("interaction", lambda v: {"messages": [{"role": "user", "content": "look up"},
+                                                          {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"found": v})}]}),
+    "prompt": ("interaction", lambda v: {"messages": None, "prompt": f"Complete: {v}"}),
+    "response": ("interaction", lambda v: {"response": f"Sure, {v}."}),
+    "model": ("interaction", lambda v: {"model": f"ft-small [{v}]"}),
+    "params": ("interaction", lambda v: {"params": {"stop": [v], "extra": {"who": v}}}),
+    "metadata": ("interaction", lambda v: {"metadata": {"customer": {"contact": v, "notes": [f"said {v}"]}}}),
+    "tags": ("interaction", lambda v: {"tags": ["vip", v]}),
+    "user_id": ("interaction", lambda v: {"user_id": v}),
+    "session_id": ("interaction", lambda v: {"session_id": v}),
+    "gateway user": ("gateway", lambda v: {"user_id": v}),
+    "feedback label": ("feedback", lambda v: {"kind": "label", "value": v}),
+    "feedback comment": ("feedback", lambda v: {"kind": "thumbs", "value": "down", "comment": f"wrong, ask {v}"}),
+    "feedback correction": ("feedback", lambda v: {"kind": "correction", "value": f"Reply to {v}"}),
+    "feedback user_id": ("feedback", lambda v: {"kind": "thumbs", "value": True, "user_id": v}),
+}  # fmt: skip
+
+
+def field_corpus(n_per_field: int, seed: int = 0) -> list[tuple[str, str, str, str, dict]]:
+    """(field, source, value as written, plain value, item): planted values of every kind, plain and
+    evasive, in every field; neither value may survive anywhere in the stored row."""
+    rng, out = random.Random(seed), []
+    makers = [_same(k, g) for k, g in GENERATORS.items()] + list(EVASIONS.values())
+    for field, (source, place) in FIELDS.items():
+        for i in range(n_per_field):
+            _, written, plain = makers[i % len(makers)](rng)
+            if written.startswith("Bearer "):  # (the word stays; the token goes)
+                written = plain = written.removeprefix("Bearer ")
+            base = BASE_FEEDBACK if source == "feedback" else BASE_ITEM
+            item = {k: v for k, v in {**base, **place(written[:128])}.items() if v is not None}
+            out.append((field, source, written[:128], plain[:128], item))
+    return out
+
+
+def stored_strings(row) -> list[str]:
+    """Every string a stored row holds, its JSON columns (and JSON inside their strings) decoded."""
+    out, stack = [], [v for v in row if v is not None]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            out.append(value)
+            if value[:1] in ("{", "["):
+                try:
+                    stack.append(json.loads(value))
+                except ValueError:
+                    pass
+        elif isinstance(value, dict):
+            stack += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            stack += value
+    return out

@@ -23,7 +23,8 @@ from flywheel.task import resolve_task
 from serving.routing import Router
 
 GOOD = Evidence("ready", True, {"quality": "better", "latency": "better", "cost": "better"},
-                latency_p95_ms=40, cost_per_1k_usd=0.02, incumbent_cost_per_1k_usd=2.1)  # fmt: skip
+                latency_p95_ms=40, cost_per_1k_usd=0.02, incumbent_cost_per_1k_usd=2.1, quality_ci=(0.05, 0.12),
+                n_paired=200)  # fmt: skip
 CONFIG = """
 [tasks.t]
 project = "p"

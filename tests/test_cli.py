@@ -29,7 +29,7 @@ def test_init_creates_folder_config_and_a_key_once(tmp_path):
     key = out.stdout.strip().splitlines()[-1]
     assert key.startswith("fwk_") and (home / "flywheel.toml").exists()
     with store.connect(load_settings(home).db_path) as con:
-        assert active_keys(con) == {hash_key(key): "acme"}
+        assert active_keys(con) == {hash_key(key): ("acme", "admin")}  # the operator's: an admin key
         assert key not in str(con.execute("SELECT * FROM api_keys").fetchall())  # only the hash is stored
     again = flywheel("init", "--data-dir", str(home))
     assert again.returncode == 0 and "already initialised" in again.stdout and "fwk_" not in again.stdout
@@ -38,6 +38,16 @@ def test_init_creates_folder_config_and_a_key_once(tmp_path):
 def test_keys_create_and_bad_project_name(tmp_path):
     out = flywheel("keys", "create", "--project", "globex", "--data-dir", str(tmp_path))
     assert out.returncode == 0 and out.stdout.startswith("fwk_")
+    admin = flywheel("keys", "create", "--project", "globex", "--role", "admin", "--data-dir", str(tmp_path))
+    assert admin.returncode == 0 and admin.stdout.startswith("fwk_")
+    with store.connect(load_settings(tmp_path).db_path) as con:
+        owners = active_keys(con)
+    assert owners[hash_key(out.stdout.strip())] == ("globex", "app")  # the default role
+    assert owners[hash_key(admin.stdout.strip())] == ("globex", "admin")
+    listed = {line.split()[0]: line.split()[2] for line in flywheel("keys", "list", "--data-dir", str(tmp_path)).stdout.splitlines()[1:]}
+    assert listed == {out.stdout[:10]: "app", admin.stdout[:10]: "admin"}
+    bad = flywheel("keys", "create", "--project", "globex", "--role", "root", "--data-dir", str(tmp_path))
+    assert bad.returncode == 2 and "role:" in bad.stderr and "admin" in bad.stderr and "Traceback" not in bad.stderr
     bad = flywheel("keys", "create", "--project", "no spaces!", "--data-dir", str(tmp_path))
     assert bad.returncode == 2 and "project:" in bad.stderr and "Traceback" not in bad.stderr
     missing = flywheel("keys", "create", "--data-dir", str(tmp_path))

@@ -42,8 +42,11 @@ def models(tmp_path_factory):
 
 
 def config(data_dir, port: int, base: str) -> None:
+    """The test's models, and the data folder's `adapters/`, are where adapters may be loaded from."""
     (data_dir / "flywheel.toml").write_text(f"""
 port = {port}
+[serving]
+adapter_dirs = ["{os.path.dirname(base)}", "{data_dir / 'adapters'}"]
 [gateway]
 max_tokens = 8
 alias_refresh_s = 0.2
@@ -94,7 +97,7 @@ def refusal(server: Server, key: str, model: str) -> openai.APIStatusError:
 
 
 def test_promoted_adapters_survive_kill_9_and_rollback_reloads_the_previous_one(tmp_path, models):
-    keys = make_keys(tmp_path, "acme", "globex")
+    keys = make_keys(tmp_path, "acme", role="admin") | make_keys(tmp_path, "globex")
     register(tmp_path, "cand-1", adapter=models["ada-1"])
     register(tmp_path, "cand-2", adapter=models["ada-2"])
     server = boot(tmp_path, models["base"])
@@ -128,8 +131,8 @@ def test_promoted_adapters_survive_kill_9_and_rollback_reloads_the_previous_one(
 
 
 def test_a_model_that_cannot_be_loaded_at_start_answers_503_with_the_reason(tmp_path, models):
-    keys = make_keys(tmp_path, "acme")
-    gone = shutil.copytree(models["ada-1"], tmp_path / "promoted" / "ada-1")
+    keys = make_keys(tmp_path, "acme", role="admin")
+    gone = shutil.copytree(models["ada-1"], tmp_path / "adapters" / "ada-1")
     register(tmp_path, "cand-gone", adapter=str(gone))
     register(tmp_path, "cand-ok", adapter=models["ada-2"], task="billing")
     register(tmp_path, "cand-wrong-base", adapter=models["ada-other"], task="billing")
@@ -168,7 +171,7 @@ def test_a_model_that_cannot_be_loaded_at_start_answers_503_with_the_reason(tmp_
 
 
 def test_adapters_load_only_on_their_base_and_bad_folders_are_a_400_naming_them(tmp_path, models):
-    keys = make_keys(tmp_path, "acme")
+    keys = make_keys(tmp_path, "acme", role="admin")
     server = boot(tmp_path, models["base"])
     admin = httpx.Client(base_url=server.url, headers=auth(keys["acme"]), timeout=120)
 
@@ -185,23 +188,24 @@ def test_adapters_load_only_on_their_base_and_bad_folders_are_a_400_naming_them(
         r = load("other", models["ada-other"])  # same shapes, another model: told apart by the folders
         assert r.status_code == 400 and r.json()["error"]["code"] == "base_mismatch", r.text
         assert models["other"] in r.text and models["base"] in r.text
-        moved = with_base(models["ada-narrow"], tmp_path / "narrow-moved", "/gone/narrow-base")
+        folders = tmp_path / "adapters"
+        moved = with_base(models["ada-narrow"], folders / "narrow-moved", "/gone/narrow-base")
         r = load("narrow", moved)  # its base is not on this machine: the weights' shapes decide
         assert r.status_code == 400 and r.json()["error"]["code"] == "base_mismatch", r.text
         assert "/gone/narrow-base" in r.text and models["base"] in r.text and "32" in r.text
-        relative = with_base(models["ada-1"], tmp_path / "relative", os.path.relpath(models["base"]))
+        relative = with_base(models["ada-1"], folders / "relative", os.path.relpath(models["base"]))
         assert load("relative", relative).status_code == 200  # the same base, named relative to the service
         assert text(server, keys["acme"], "relative") != text(server, keys["acme"], "tiny")
-        corrupt = tmp_path / "corrupt"
+        corrupt = folders / "corrupt"
         corrupt.mkdir()
         (corrupt / "adapter_config.json").write_text("{not json")
-        odd = tmp_path / "odd"
+        odd = folders / "odd"
         odd.mkdir()
         (odd / "config.json").write_text('{"model_type": "telepathy", "architectures": ["TelepathyForMind"]}')
         (odd / "model.safetensors").write_bytes(b"\0" * 16)
-        truncated = shutil.copytree(models["ada-2"], tmp_path / "truncated")
+        truncated = shutil.copytree(models["ada-2"], folders / "truncated")
         (truncated / "adapter_model.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{")
-        for folder, words in ((tmp_path / "missing", "does not exist"), (corrupt, "corrupt"),
+        for folder, words in ((folders / "missing", "does not exist"), (corrupt, "corrupt"),
                               (odd, "unsupported architecture"), (truncated, "corrupt")):  # fmt: skip
             r = load("bad", folder)
             assert r.status_code == 400 and str(folder) in r.text and words in r.text, r.text

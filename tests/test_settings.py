@@ -67,3 +67,9 @@ def test_every_command_exits_2_and_the_service_refuses_to_start(tmp_path):
     config.write_text(config.read_text().replace("[gatway]", "[gateway]"))
     out = flywheel("serve", "--data-dir", str(tmp_path), env={"FLYWHEEL_PROT": "8000"})
     assert out.returncode == 2 and "FLYWHEEL_PROT: unknown setting 'prot' (did you mean 'port'?)" in out.stderr
+
+
+def test_a_typo_in_a_gate_table_names_the_key(tmp_path):
+    (tmp_path / "flywheel.toml").write_text("[tasks.t.gate]\nquality_margn = 0.02\n")
+    with pytest.raises(ValueError, match=r"gate.quality_margn: unknown gate setting \(did you mean 'quality_margin'\?\)"):
+        load_settings(tmp_path)

@@ -48,12 +48,12 @@ def database_of(settings: Settings) -> Path:
     return settings.db_path
 
 
-def new_key(settings: Settings, project: str) -> str:
+def new_key(settings: Settings, project: str, role: str = "app") -> str:
     from flywheel.registry.keys import create_key
 
     try:
         with store.connect(settings.db_path) as con:
-            return create_key(con, project)
+            return create_key(con, project, role)
     except ValueError as exc:
         fail(str(exc), 2)
 

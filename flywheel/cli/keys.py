@@ -10,7 +10,7 @@ from flywheel import store
 from flywheel.cli.common import DataDir, app, database_of, fail, new_key, settings_of
 from flywheel.settings import CONFIG_FILE
 
-keys_app = typer.Typer(help="API keys (one project each).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (one project and one role each).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 CONFIG_TEMPLATE = """\
@@ -41,7 +41,8 @@ path = "smollm2-135m-instruct"
 @app.command()
 def init(data_dir: DataDir = None,
          project: Annotated[str, typer.Option(help="Project of the first API key.")] = "default") -> None:
-    """Create the data folder, its config and database, and print a first API key (shown once)."""
+    """Create the data folder, its config and database, and print a first API key (shown once):
+    an admin key, the operator's, that also manages adapters and reads /metrics."""
     settings = settings_of(data_dir)
     settings.home.mkdir(parents=True, exist_ok=True)
     config = settings.home / CONFIG_FILE
@@ -54,28 +55,33 @@ def init(data_dir: DataDir = None,
     if has_keys:
         typer.echo(f"{settings.home} is already initialised; `flywheel keys create --project P` makes more keys.")
         return
-    key = new_key(settings, project)
+    key = new_key(settings, project, "admin")
     typer.echo(f"initialised {settings.home}")
-    typer.echo(f"API key for project {project!r} (shown once, store it now):\n{key}")
+    typer.echo(f"admin API key for project {project!r} (shown once, store it now; give apps their own "
+               f"`flywheel keys create --project {project}`):\n{key}")
 
 
 @keys_app.command("create")
 def keys_create(project: Annotated[str, typer.Option(help="The project the key reads and writes.")],
-                data_dir: DataDir = None) -> None:
+                data_dir: DataDir = None,
+                role: Annotated[str, typer.Option(help="app: ingest, feedback, gateway, read interactions; admin: "
+                                                  "also load/unload adapters (promotion) and read /metrics.")] = "app",
+                ) -> None:  # fmt: skip
     """Print a new API key for PROJECT (only its hash is stored)."""
-    typer.echo(new_key(settings_of(data_dir), project))
+    typer.echo(new_key(settings_of(data_dir), project, role))
 
 
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
-    """List the keys by prefix: project, created, revoked (the keys themselves are not stored)."""
+    """List the keys by prefix: project, role, created, revoked (the keys themselves are not stored)."""
     from flywheel.registry.keys import list_keys
 
     with store.connect(database_of(settings_of(data_dir)), read_only=True) as con:
         rows = list_keys(con)
-    typer.echo(f"{'prefix':<12} {'project':<20} {'created (UTC)':<20} revoked (UTC)")
-    for prefix, project, created, revoked in rows:
-        typer.echo(f"{prefix:<12} {project:<20} {created:%Y-%m-%d %H:%M:%S}  {f'{revoked:%Y-%m-%d %H:%M:%S}' if revoked else '-'}")
+    typer.echo(f"{'prefix':<12} {'project':<20} {'role':<6} {'created (UTC)':<20} revoked (UTC)")
+    for prefix, project, role, created, revoked in rows:
+        typer.echo(f"{prefix:<12} {project:<20} {role:<6} {created:%Y-%m-%d %H:%M:%S}  "
+                   f"{f'{revoked:%Y-%m-%d %H:%M:%S}' if revoked else '-'}")
 
 
 @keys_app.command("revoke")

@@ -1,14 +1,19 @@
 """The records clients send us, validated item by item, and turned into rows for the store.
 
 One bad item must not sink a batch, so each item is decoded on its own and every problem is
-reported as `field: what was expected (the limit)`. Text is PII-redacted here, before anything
-is stored. msgspec does the decoding: it is the hot path of ingestion. The rows made here are
-declared in `flywheel.store.rows`; `field_error` is how every msgspec error in Flywheel becomes
-`field: message`.
+reported as `field: what was expected (the limit)`: whatever JSON a field holds, an item is a
+row or an `ItemError`, never another exception. Text is PII-redacted here, before anything is
+stored: messages (names, parts, tool-call arguments and results included), the prompt, the
+response, `model`, and every string in `params`, `tags` and `metadata`; user and session ids that
+hold PII become keyed hashes (`pii.pseudonym`) so that the loop can still group by them.
+msgspec does the decoding: it is the hot path of ingestion. The rows made here are declared in
+`flywheel.store.rows`; `field_error` is how every msgspec error in Flywheel becomes `field: message`.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +32,7 @@ from flywheel.store.rows import (
 )
 
 __all__ = ["FEEDBACK_COLUMNS", "INTERACTION_COLUMNS", "FeedbackIn", "InteractionIn", "ItemError", "Limits",
-           "feedback_row", "field_error", "interaction_row"]
+           "feedback_row", "field_error", "interaction_row", "split_items"]
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 TaskName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
@@ -149,7 +154,61 @@ def _text(value: str, field: str, limits: Limits, redact: bool, repeats: bool = 
     return done
 
 
-def _messages(messages: list[dict[str, Any]], limits: Limits, redact: bool) -> tuple[list[dict], int]:
+# Keys of a chat message (and of its parts and tool calls) whose string value is protocol, not
+# text: kept as sent, so a tool result still answers its call. Every other string is redacted.
+_PROTOCOL_KEYS = frozenset({"role", "type", "id", "tool_call_id"})
+_RESULT_ROLES = ("tool", "function")  # (a tuple: `in` on it takes any role, a dict one too)
+
+
+def _walk(value: Any, field: str, limits: Limits, keep: frozenset[str] = frozenset()) -> tuple[Any, int]:
+    """`value` (any JSON) with every string redacted, keys included; `keep`: keys whose string value stays.
+    A tool call's `arguments`, a JSON document in a string, is redacted inside and stays valid JSON."""
+    if isinstance(value, str):
+        return _text(value, field, limits, True)
+    if isinstance(value, list):
+        out, found = [], 0
+        for j, v in enumerate(value):
+            v, n = _walk(v, f"{field}[{j}]", limits, keep)
+            out.append(v)
+            found += n
+        return out, found
+    if not isinstance(value, dict):
+        return value, 0  # numbers, booleans, null
+    out, found = {}, 0
+    for k, v in value.items():
+        name, n = _text(k, f"{field} (a key)", limits, True)
+        if k == "arguments" and isinstance(v, str):
+            v, m = _json_text(v, f"{field}.{k}", limits)
+            n += m
+        elif not (k in keep and isinstance(v, str)):
+            v, m = _walk(v, f"{field}.{k}", limits, keep)
+            n += m
+        out[name] = v  # (two keys redacted to the same placeholder keep the last value)
+        found += n
+    return out, found
+
+
+def _json_text(text: str, field: str, limits: Limits) -> tuple[str, int]:
+    """A string that may hold a JSON document (tool-call arguments, a tool's result): its strings
+    are redacted inside (escapes like \\u0040 decoded first, no key kept), and it stays valid JSON."""
+    if len(text) > limits.max_text_chars or text[:1] not in ("{", "["):
+        return _text(text, field, limits, True)
+    try:
+        document = msgspec.json.decode(text)
+    except msgspec.DecodeError:  # not JSON after all: redacted as text
+        return _text(text, field, limits, True)
+    document, found = _walk(document, field, limits)
+    return (_encoder.encode(document).decode() if found else text), found
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _messages(messages: list[dict[str, Any]], limits: Limits, redact: bool, checked: bool) -> tuple[list[dict], int]:
+    """The messages with their text redacted. `checked`: roles and content types must be OpenAI's;
+    unchecked (the gateway's, which a route has already answered), any message is kept as sent."""
     if not messages:
         raise ItemError("messages: expected a non-empty array of chat messages")
     if len(messages) > limits.max_messages:
@@ -157,31 +216,114 @@ def _messages(messages: list[dict[str, Any]], limits: Limits, redact: bool) -> t
     found = 0
     out = []
     for i, message in enumerate(messages):
-        role = message.get("role")
-        if role not in ROLES:
-            raise ItemError(f"messages[{i}].role: expected one of {', '.join(sorted(ROLES))}, got {role!r}")
-        content = message.get("content")
-        if isinstance(content, str):
-            content, n = _text(content, f"messages[{i}].content", limits, redact, role in _REPEATING_ROLES)
-            found += n
-        elif isinstance(content, list):
-            parts = []
-            for j, part in enumerate(content):
+        role, content = message.get("role"), message.get("content")
+        if checked:
+            if not isinstance(role, str) or role not in ROLES:
+                raise ItemError(f"messages[{i}].role: expected one of {', '.join(sorted(ROLES))}, got {_shown(role)}")
+            if content is not None and not isinstance(content, str | list):
+                raise ItemError(f"messages[{i}].content: expected a string, an array of parts or null")
+        field = f"messages[{i}]"
+        if isinstance(content, str) and redact and role in _RESULT_ROLES:  # often JSON
+            content, n = _json_text(content, f"{field}.content", limits)
+        elif isinstance(content, str):  # (the common case, and the one a cache serves for system prompts)
+            repeats = isinstance(role, str) and role in _REPEATING_ROLES
+            content, n = _text(content, f"{field}.content", limits, redact, repeats)
+        elif redact:
+            content, n = _walk(content, f"{field}.content", limits, _PROTOCOL_KEYS)
+        else:  # not redacted: only the limit on text parts
+            n = 0
+            for j, part in enumerate(content if isinstance(content, list) else ()):
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    text, n = _text(part["text"], f"messages[{i}].content[{j}].text", limits, redact)
-                    part = {**part, "text": text}
-                    found += n
-                parts.append(part)
-            content = parts
-        elif content is not None:
-            raise ItemError(f"messages[{i}].content: expected a string, an array of parts or null")
-        out.append({**message, "content": content})
+                    _text(part["text"], f"{field}.content[{j}].text", limits, False)
+        found += n
+        rest = {k: v for k, v in message.items() if k != "content"}
+        if redact and (len(rest) > 1 or not isinstance(role, str)):  # name, tool calls, anything else
+            rest, n = _walk(rest, field, limits, _PROTOCOL_KEYS)
+            found += n
+        out.append({**rest, "content": content})
     return out, found
 
 
+def _json_field(value: Any, field: str, limits: Limits, redact: bool) -> tuple[Any, int]:
+    return _walk(value, field, limits) if redact and value is not None else (value, 0)
+
+
+def _identifier(value: str | None, redact: bool, secret: bytes | None) -> str | None:
+    """A user or session id: kept, or a keyed hash when it holds PII (redacted like text without a secret)."""
+    if value is None or not redact:
+        return value
+    return pii.pseudonym(value, secret) if secret else pii.redact(value)[0]
+
+
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*+"|[{}\[\],]')  # strings and structure, scanned without recursion
+_COLON = re.compile(rb"\s*:")
+
+
+def _deepest_field(raw: bytes) -> str:
+    """The top-level field of an item that nests deepest (scanned, since decoding it exhausts the stack)."""
+    depth, key, deepest, field = 0, None, 0, "item"
+    for m in _JSON_TOKEN.finditer(raw):
+        token = m.group()
+        if token[0] == 34:  # a string: at depth 1, followed by ':', it names a field
+            if depth == 1 and _COLON.match(raw, m.end()):
+                key = token
+        elif token != b",":
+            depth += 1 if token in (b"{", b"[") else -1
+            if depth > deepest and key is not None:
+                deepest, field = depth, key
+    try:
+        return msgspec.json.decode(field) if field != "item" else field
+    except msgspec.DecodeError:
+        return "item"
+
+
+def split_items(body: bytes, key: str) -> list[bytes] | None:
+    """The raw items of the array under `key` in a JSON object, found by scanning (not decoding), for
+    a body that nests too deeply to decode whole: each item is then decoded, and refused, on its own.
+    None when the body has no such array or is not well nested."""
+    name = msgspec.json.encode(key)
+    depth, current, start, items = 0, None, None, None
+    for m in _JSON_TOKEN.finditer(body):
+        token = m.group()
+        if token[0] == 34:
+            if depth == 1 and _COLON.match(body, m.end()):
+                current = token
+        elif token in (b"{", b"["):
+            depth += 1
+            if depth == 2 and token == b"[" and current == name and items is None:
+                items, start = [], m.end()
+        elif token in (b"}", b"]"):
+            if depth == 2 and start is not None:
+                item = body[start : m.start()].strip()
+                items += [item] if item or items else []
+                start = None
+            depth -= 1
+            if depth < 0:
+                return None
+        elif depth == 2 and start is not None:  # a comma between items
+            items.append(body[start : m.start()].strip())
+            start = m.end()
+    return items if depth == 0 else None
+
+
+def _total(make):
+    """Any JSON an item holds is a row or an ItemError: nesting deep enough to exhaust the stack too."""
+
+    @functools.wraps(make)
+    def made(raw: bytes, **kwargs):
+        try:
+            return make(raw, **kwargs)
+        except RecursionError:
+            raise ItemError(f"{_deepest_field(raw)}: JSON nested too deeply") from None
+
+    return made
+
+
+@_total
 def interaction_row(raw: bytes, *, project: str, redact: bool, limits: Limits, source: str = "ingest",
-                    now: datetime | None = None) -> InteractionRow:
-    """Decode and validate one interaction (JSON bytes) into a row for the store."""
+                    now: datetime | None = None, secret: bytes | None = None) -> InteractionRow:
+    """Decode and validate one interaction (JSON bytes) into a row for the store. `secret`: the
+    installation's key for identifiers that hold PII (`pii.installation_secret`)."""
     try:
         item = _interaction_decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -189,22 +331,27 @@ def interaction_row(raw: bytes, *, project: str, redact: bool, limits: Limits, s
     if (item.messages is None) == (item.prompt is None):
         raise ItemError("messages: exactly one of `messages` or `prompt` is required")
     if item.messages is not None:
-        messages, found = _messages(item.messages, limits, redact)
+        # The gateway's messages were answered by a route already: recorded as sent, never refused.
+        messages, found = _messages(item.messages, limits, redact, checked=source != "gateway")
         request: dict[str, Any] = {"messages": messages}
     else:
         prompt, found = _text(item.prompt, "prompt", limits, redact)
         request = {"prompt": prompt}
     if item.params:
-        request["params"] = item.params
+        request["params"], n = _json_field(item.params, "params", limits, redact)
+        found += n
     response, n = _text(item.response, "response", limits, redact)
+    model, m = _text(item.model, "model", limits, redact, repeats=True)  # (the same on most items: cached)
+    tags, t = _json_field(item.tags, "tags", limits, redact)
+    metadata, d = _json_field(item.metadata, "metadata", limits, redact)
     now = now or _now()
     return InteractionRow(
-        project=project, id=item.id or uuid.uuid4().hex, task=item.task, ts=_utc(item.ts, now), model=item.model,
+        project=project, id=item.id or uuid.uuid4().hex, task=item.task, ts=_utc(item.ts, now), model=model,
         request=_encode(request), response=response, latency_ms=item.latency_ms, prompt_tokens=item.prompt_tokens,
-        completion_tokens=item.completion_tokens, cost_usd=item.cost_usd, status=item.status, user_id=item.user_id,
-        session_id=item.session_id, tags=item.tags,
-        metadata=_encode(item.metadata) if item.metadata is not None else None,
-        source=source, pii_redacted=found + n, received_at=now,
+        completion_tokens=item.completion_tokens, cost_usd=item.cost_usd, status=item.status,
+        user_id=_identifier(item.user_id, redact, secret), session_id=_identifier(item.session_id, redact, secret),
+        tags=tags, metadata=_encode(metadata) if metadata is not None else None,
+        source=source, pii_redacted=found + n + m + t + d, received_at=now,
     )  # fmt: skip
 
 
@@ -221,15 +368,15 @@ def _feedback_value(kind: str, value: Any, limits: Limits, redact: bool) -> tupl
         return value, 0
     if not isinstance(value, str) or not value:
         raise ItemError(f"value: {kind} expects a non-empty string")
-    if kind == "label":
-        if len(value) > 256:
-            raise ItemError("value: label is over the limit of 256 characters")
-        return value, 0
+    if kind == "label" and len(value) > 256:
+        raise ItemError("value: label is over the limit of 256 characters")
     return _text(value, "value", limits, redact)
 
 
-def feedback_row(raw: bytes, *, project: str, redact: bool, limits: Limits, now: datetime | None = None) -> FeedbackRow:
-    """Decode and validate one feedback item into a row for the store."""
+@_total
+def feedback_row(raw: bytes, *, project: str, redact: bool, limits: Limits, now: datetime | None = None,
+                 secret: bytes | None = None) -> FeedbackRow:
+    """Decode and validate one feedback item into a row for the store (`secret`: as `interaction_row`'s)."""
     try:
         item = _feedback_decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -242,6 +389,6 @@ def feedback_row(raw: bytes, *, project: str, redact: bool, limits: Limits, now:
     now = now or _now()
     return FeedbackRow(
         project=project, id=item.id or uuid.uuid4().hex, interaction_id=item.interaction_id, kind=item.kind,
-        value=_encode(value), comment=comment, user_id=item.user_id, ts=_utc(item.ts, now), pii_redacted=found,
-        received_at=now,
+        value=_encode(value), comment=comment, user_id=_identifier(item.user_id, redact, secret), ts=_utc(item.ts, now),
+        pii_redacted=found, received_at=now,
     )  # fmt: skip

@@ -1,44 +1,68 @@
-"""API keys: one project each, stored only as a SHA-256 hash, shown once when created, listed by
-prefix and revoked by prefix (a running service stops accepting a revoked key within
-`key_refresh_s`)."""
+"""API keys: one project and one role each, stored only as a SHA-256 hash, shown once when
+created, listed by prefix and revoked by prefix (a running service stops accepting a revoked key
+within `key_refresh_s`).
+
+Roles say what a key may do in its project:
+- `app` (the default): ingest, send feedback, call the gateway, read the project's interactions;
+- `admin`: also load and unload adapters (promotion, rollback) and read /metrics. The operator's
+  first key (`flywheel init`) and the loop's own service keys are admin keys.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import secrets
+from typing import NamedTuple
 
 from flywheel.store import Connection
 
 PREFIX = "fwk_"
 PROJECT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ROLES = ("app", "admin")  # each role may do what the ones before it may
+
+
+class KeyOwner(NamedTuple):
+    """Whose a key is: its project, and its role there."""
+
+    project: str
+    role: str
+
+    def may(self, role: str) -> bool:
+        """True when this key's role includes `role`."""
+        return ROLES.index(self.role) >= ROLES.index(role)
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(con: Connection, project: str) -> str:
-    """Store a new key for `project` and return it; it cannot be recovered later."""
+def create_key(con: Connection, project: str, role: str = "app") -> str:
+    """Store a new key for `project` with `role` and return it; it cannot be recovered later."""
     if not PROJECT_PATTERN.match(project):
         raise ValueError(
             "project: expected 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
+    if role not in ROLES:
+        raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
     key = PREFIX + secrets.token_urlsafe(32)
     con.execute(
-        "INSERT INTO api_keys (key_hash, project, prefix) VALUES (?, ?, ?)", [hash_key(key), project, key[:10]]
+        "INSERT INTO api_keys (key_hash, project, prefix, role) VALUES (?, ?, ?, ?)",
+        [hash_key(key), project, key[:10], role],
     )
     return key
 
 
-def active_keys(con: Connection) -> dict[str, str]:
-    """key hash -> project, for every key not revoked."""
-    return dict(con.execute("SELECT key_hash, project FROM api_keys WHERE revoked_at IS NULL").fetchall())
+def active_keys(con: Connection) -> dict[str, KeyOwner]:
+    """key hash -> (project, role), for every key not revoked."""
+    rows = con.execute("SELECT key_hash, project, role FROM api_keys WHERE revoked_at IS NULL").fetchall()
+    return {key_hash: KeyOwner(project, role) for key_hash, project, role in rows}
 
 
 def list_keys(con: Connection) -> list[tuple]:
-    """(prefix, project, created_at, revoked_at) of every key, newest first."""
-    return con.execute("SELECT prefix, project, created_at, revoked_at FROM api_keys ORDER BY created_at DESC, prefix").fetchall()
+    """(prefix, project, role, created_at, revoked_at) of every key, newest first."""
+    return con.execute("SELECT prefix, project, role, created_at, revoked_at FROM api_keys"
+                       " ORDER BY created_at DESC, prefix").fetchall()  # fmt: skip
 
 
 def revoke_key(con: Connection, key: str) -> str:

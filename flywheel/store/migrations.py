@@ -163,4 +163,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "api key roles",
+        # Keys made before roles existed become `app` keys: an upgrade takes adapter management
+        # and /metrics away from them until the operator makes an admin key (least privilege).
+        """
+        ALTER TABLE api_keys ADD COLUMN role VARCHAR NOT NULL DEFAULT 'app';  -- app | admin (flywheel.registry.keys)
+        """,
+    ),
 ]

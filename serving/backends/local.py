@@ -65,8 +65,10 @@ class LocalBackend(Backend):
             ids = self.engine.encode_chat(messages) if call.chat else self.engine.encode_prompt(prompt)
         except Exception as exc:
             raise ApiError(400, f"messages: cannot apply the chat template: {exc}", param="messages") from None
+        param = "messages" if call.chat else "prompt"
+        if not ids:  # the model needs at least one token to go on from
+            raise ApiError(400, f"{param}: empty; give at least one token of text", param=param, code="empty_prompt")
         if len(ids) >= self.engine.context_length:
-            param = "messages" if call.chat else "prompt"
             raise ApiError(400, f"{param}: the prompt is {len(ids)} tokens; this model's context is "
                            f"{self.engine.context_length} tokens", param=param, code="context_length_exceeded")  # fmt: skip
         return ids
@@ -74,11 +76,11 @@ class LocalBackend(Backend):
     async def answer(self, call: Call, target: Target, raw: dict) -> Response:
         if self.engine is None:
             raise Unavailable(f"route {self.name!r} did not start: its model could not be loaded")
-        req, cap = call.req, call.state.settings.gateway.max_tokens
+        req = call.req
         ids = self._prompt_ids(call)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         gen = Generation(
-            prompt_ids=ids, max_tokens=min(req.max_completion_tokens or req.max_tokens or cap, cap),
+            prompt_ids=ids, max_tokens=oa.token_limit(req, call.state.settings.gateway.max_tokens),
             temperature=1.0 if req.temperature is None else req.temperature, top_p=req.top_p or 1.0, seed=req.seed,
             stop=oa.stops(req), adapter=target.adapter,
             emit=lambda delta, done: loop.call_soon_threadsafe(events.put_nowait, (delta, done)),

@@ -1,7 +1,8 @@
 """`kind = "upstream"`: an OpenAI-compatible provider (a hosted model, another Flywheel).
 
-The request body goes on as sent, with `model` replaced by the route's model name there; the
-answer comes back as the provider wrote it (stream or not) and is recorded on the way.
+The request body goes on as sent, with `model` replaced by the route's model name there and its
+token limit capped at `gateway.max_tokens`, as on every route; the answer comes back as the
+provider wrote it (stream or not) and is recorded on the way.
 Connection errors, timeouts, 429 and 5xx are retried with backoff up to the route's `retries`,
 then the route fails (`BackendError`) and the gateway tries its fallback; a 4xx is the caller's
 own error and is passed through. A stream is retried only before its first byte reaches our caller.
@@ -19,6 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from flywheel.settings import RouteSettings
+from serving import openai_types as oa
 from serving.backends.base import Backend, BackendError
 from serving.recording import ID_HEADER, Call
 from serving.routing import Target
@@ -60,6 +62,11 @@ class UpstreamBackend(Backend):
     async def answer(self, call: Call, target: Target, raw: dict) -> Response:
         path = "/chat/completions" if call.chat else "/completions"
         body = {**raw, "model": target.adapter or self.route.model or self.name}
+        # Every route obeys gateway.max_tokens: the caller's limits, capped, or (none given) the cap
+        # under the name the endpoint knows (chat: max_completion_tokens, max_tokens being deprecated).
+        limit = oa.token_limit(call.req, call.state.settings.gateway.max_tokens)
+        given = [k for k in ("max_tokens", "max_completion_tokens") if raw.get(k) is not None]
+        body.update(dict.fromkeys(given or ["max_completion_tokens" if call.chat else "max_tokens"], limit))
         response = await send(self.http, self.route, path, body, stream=call.req.stream)
         if response.status_code >= 400:  # the upstream refused the request itself: pass its answer on
             content = await response.aread()
