@@ -107,7 +107,7 @@ def _run_real(name: str, base: str, data: str, sets: dict, threads: int | None, 
                 setattr(cfg, key, value)
             peft = lora_config(recipe, model.config)
             if recipe.completion_only_loss:  # what flywheel.train.trainers does with chats
-                train_ds = as_prompt_completion(train_ds)
+                train_ds = as_prompt_completion(train_ds, tok)
             result["recipe"] = {k: v for k, v in recipe.to_dict().items() if k in ("learning_rate", "num_train_epochs", "lora", "completion_only_loss")}
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_ds, processing_class=tok, peft_config=peft)
         start = time.perf_counter()

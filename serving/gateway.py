@@ -4,6 +4,8 @@ An app points its OpenAI client's `base_url` here. Each call is resolved to a ro
 (serving.routing), answered by that route's backend (serving.backends: our local engine, an
 upstream, vLLM), with the route's fallback when it fails, and recorded as an interaction whose id
 comes back in the `x-flywheel-interaction-id` header, so the app can send feedback on it.
+Tool calling passes through: malformed `tools`, `tool_choice` or `response_format` is a 400 naming
+the field (`flywheel.ingest.tool_fields`, the check ingestion makes), the rest goes to the route.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from flywheel.ingest.records import field_error
+from flywheel.ingest.tool_fields import ToolFieldError, check_request
 from serving import openai_types as oa
 from serving.auth import ProjectDep
 from serving.backends import Backend, BackendError, Unavailable
@@ -42,6 +45,14 @@ def _parse(body: bytes, kind: type) -> tuple[Any, dict]:
         raise ApiError(400, f"{param}: {message}", param=param, code="invalid_parameter") from None
 
 
+def _check_tools(req: oa.ChatRequest) -> None:
+    try:
+        check_request(req.tools, req.tool_choice, req.response_format)
+    except ToolFieldError as exc:
+        param = exc.field.split("[")[0].split(".")[0]
+        raise ApiError(400, str(exc), param=param, code="invalid_parameter") from None
+
+
 def _chain(gw: Router, target: Target) -> list[Target]:
     """The target, then its fallbacks (each route at most once)."""
     chain = [target]
@@ -55,6 +66,8 @@ async def _complete(request: Request, project: str, chat: bool) -> Response:
     state = request.app.state
     req, raw = _parse(await read_body(request, state.settings.ingest.max_body_bytes),
                       oa.ChatRequest if chat else oa.CompletionRequest)  # fmt: skip
+    if chat:
+        _check_tools(req)
     gw: Router = state.router
     if gw.aliases_stale():
         await run_in_threadpool(gw.refresh_aliases)

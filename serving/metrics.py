@@ -21,3 +21,7 @@ MODEL_LOAD_FAILURES = Counter("flywheel_model_load_failures_total",
                               "when: at start (a deployed model: its aliases answer 503) or at runtime (a 4xx)",
                               ["route", "when"])  # fmt: skip
 MODELS_UNAVAILABLE = Gauge("flywheel_models_unavailable", "Deployed models and routes that cannot be served now")
+TOOL_CALLS_UNPARSED = Counter("flywheel_tool_calls_unparsed_total",
+                              "Local-route answers returned as text although they hold <tool_call> text, by route and "
+                              "reason: malformed (does not parse), not_allowed (tool_choice none), missing (a call was "
+                              "required, none came)", ["route", "reason"])  # fmt: skip

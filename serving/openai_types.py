@@ -1,4 +1,10 @@
-"""The OpenAI request bodies we accept and the response and chunk bodies we produce."""
+"""The OpenAI request bodies we accept and the response and chunk bodies we produce.
+
+Tool calling: `tools`, `tool_choice`, `parallel_tool_calls` and `response_format` are typed here
+and their contents checked by `flywheel.ingest.tool_fields` (the gateway's door), as at ingestion.
+Messages are kept as sent (an assistant's `tool_calls` with null content, `tool` results with
+their `tool_call_id`): a route takes them as they are.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +39,10 @@ class _Params(msgspec.Struct, kw_only=True):
 
 class ChatRequest(_Params, kw_only=True):
     messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1)]
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Params, kw_only=True):

@@ -6,6 +6,10 @@ commit) and never fails the user's call. Whatever the route accepted and answere
 odd messages included (redacted like any interaction); what cannot be (a text over
 `ingest.max_text_chars`, a failed write) is logged with the reason and counted in
 `flywheel_recording_failures_total`.
+
+A chat call's `tools` are recorded in its request beside the messages, and its `tool_choice`,
+`parallel_tool_calls` and `response_format` among the params; an answer's tool calls go in
+`response_tool_calls` (the shape `POST /v1/interactions` takes, `flywheel.ingest.records`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from serving.writer import Writer
 log = logging.getLogger("flywheel.recording")
 ID_HEADER = "x-flywheel-interaction-id"  # every answer carries the id of its recorded interaction
 TASK_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# What a call's params record: sampling, and how it may call tools or must shape its answer.
+PARAMS = ("temperature", "top_p", "max_tokens", "stop", "seed", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 class Call:
@@ -46,15 +52,19 @@ class Call:
         self.task = task
         self.input = ({"messages": req.messages} if chat else
                       {"prompt": req.prompt if isinstance(req.prompt, str) else req.prompt[0]})  # fmt: skip
-        self.params = {k: raw[k] for k in ("temperature", "top_p", "max_tokens", "stop", "seed") if k in raw}
+        if chat and req.tools is not None:
+            self.input["tools"] = req.tools
+        self.params = {k: raw[k] for k in PARAMS if k in raw}
 
-    def record(self, target: Target, text: str, usage: dict | None, *, error: str | None = None) -> None:
+    def record(self, target: Target, text: str, usage: dict | None, *, tool_calls: list[dict] | None = None,
+               error: str | None = None) -> None:
+        """`tool_calls`: the answer's OpenAI tool calls, if it called any."""
         p, c = (usage or {}).get("prompt_tokens"), (usage or {}).get("completion_tokens")
         metadata = {"route": target.route_name, "alias": target.alias, **({"error": error} if error else {})}
         metrics.GATEWAY.labels(target.route_name, "error" if error else "ok").inc()
         record(self.state.settings, self.state.writer, project=self.project, interaction={
             "id": self.id, "task": self.task, "model": target.model_id, **self.input, "params": self.params or None,
-            "response": text, "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "response": text, "response_tool_calls": tool_calls or None, "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
             "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost_usd(target.route, p, c),
             "status": "error" if error else "ok", "user_id": self.req.user or None, "metadata": metadata,
         })  # fmt: skip

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from flywheel import store
+from flywheel.demo.world import TASK
 from flywheel.registry.deployments import deployments, history
 from flywheel.settings import load_settings
-from flywheel.demo.world import TASK
 from pipelines.demo import PROJECT, run_demo
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_one_turn_of_the_loop(tmp_path):
     home = tmp_path / "demo"
-    rows = run_demo(home, turns=1, per_turn=300)
+    rows = run_demo(home, turns=1, per_turn=300, student="tiny")  # seconds per turn; the SmolLM2 default takes minutes
     assert len(rows) == 1 and rows[0]["served_by"] == "simulated-gpt-large"
     settings = load_settings(home)
     with store.connect(settings.db_path, read_only=True) as con:
@@ -37,5 +37,5 @@ def test_one_turn_of_the_loop(tmp_path):
     assert (home / "reports" / "demo.html").exists()
     assert keys[0] >= 2 and keys[0] == keys[1]  # the app's key and the turn's service key, revoked after use
     status = subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "--data-dir", str(home)],
-                            capture_output=True, text=True)  # fmt: skip
+                            capture_output=True, text=True, check=False)  # fmt: skip
     assert status.returncode == 0 and TASK in status.stdout and "production=" in status.stdout

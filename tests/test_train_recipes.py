@@ -161,16 +161,3 @@ def test_model_card_front_matter_and_content():
     assert card.data.base_model == "/m/base" and card.data.library_name == "peft" and "lora" in card.data.tags
     assert "SFT on a teacher's answers" in text and "teacher `/m/teacher`" in text and "| eval_loss | 0.1235 |" in text
     assert 'AutoPeftModelForCausalLM.from_pretrained("/h/c/adapter")' in text and "method: distill" in text
-
-
-def test_chats_become_prompt_completion_pairs_for_completion_only_loss():
-    # The sft default puts the loss on the answer only: TRL does that for prompt/completion rows,
-    # so a chat is split into its turns before the last and the last one.
-    from datasets import Dataset
-
-    from flywheel.train.trainers import as_prompt_completion
-
-    chat = [{"role": "system", "content": "Route the ticket."}, {"role": "user", "content": "My parcel is late"},
-            {"role": "assistant", "content": "shipping"}]
-    row = as_prompt_completion(Dataset.from_list([{"messages": chat}]))[0]
-    assert row == {"prompt": chat[:2], "completion": chat[2:]}

@@ -95,9 +95,9 @@ def demo(data_dir: Annotated[Path, typer.Option("--data-dir", help="The demo's f
          turns: Annotated[int, typer.Option(help="Turns of the loop.", min=1, max=10)] = 2,
          requests: Annotated[int | None, typer.Option(help="App requests per turn [default: 600 tiny, 300 smollm2].",
                                                       min=50, max=10_000, show_default=False)] = None,
-         student: Annotated[str, typer.Option(help="The student: `tiny` (a from-scratch model, fully fine-tuned) or "
-                                                   "`smollm2` (LoRA on SmolLM2-135M-Instruct; experimental)."
-                                              )] = "tiny") -> None:
+         student: Annotated[str, typer.Option(help="The student: `smollm2` (LoRA on SmolLM2-135M-Instruct) or "
+                                                   "`tiny` (a from-scratch model, fully fine-tuned: seconds per turn)."
+                                              )] = "smollm2") -> None:
     """The whole loop on a simulated support desk: traffic, curation, training, benchmarks, promotion."""
     from pipelines.demo import run_demo
 

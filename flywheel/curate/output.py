@@ -7,7 +7,9 @@ temporary folder and renamed into place, then the `datasets` record and its line
 registered or a complete version, never a record pointing at half a folder.
 
 Layout of `<home>/datasets/<task>/<id>/`:
-    sft/            DatasetDict(train, eval) with `messages` (chat, assistant target last)
+    sft/            DatasetDict(train, eval) with `messages` (chat, assistant target last; tool calls
+                    and results as text in `flywheel.tools`' format) and `tools` (the tools offered,
+                    JSON text, null when none)
     preference/     DatasetDict(train) with `prompt`, `chosen`, `rejected` (when pairs exist)
     parquet/        the same tables as Parquet: sft-train, sft-eval, preference-train
     report.md       the counts at every stage
@@ -36,7 +38,7 @@ _SFT_VIEW = """
 CREATE OR REPLACE TEMP VIEW sft AS
 SELECT split, id AS interaction_id,
     list_append(prompt, {'role': 'assistant', 'content': target}) AS messages,
-    CASE WHEN corrected THEN 'correction' ELSE 'response' END AS target_source, label
+    CASE WHEN corrected THEN 'correction' ELSE 'response' END AS target_source, label, tools
 FROM rows WHERE dropped IS NULL
 """
 _PAIRS = "SELECT prompt, chosen, rejected, chosen_id, rejected_id FROM pairs"

@@ -3,7 +3,10 @@
 Every model Flywheel trains is only as good as this step, so each stage is explicit and counted:
 
     select (one short read of the store)
-    → targets: a correction beats the logged response; negative feedback without one is dropped
+    → targets: a correction beats the logged response; negative feedback without one is dropped;
+      a tool call (logged or corrected, and the calls and results earlier in the chat) becomes
+      text in `flywheel.tools`' format, the tools offered stay beside it, and their names are part
+      of the dedup and split keys
     → filters: failed calls, malformed messages, empty, oversized, regex rules      (SQL)
     → exact keys and MinHash signatures: one compiled pass over the text    (flywheel.curate.dedup)
     → PII re-check: a record that still holds PII after ingestion redaction  (flywheel.curate.pii_scan, .pii)
@@ -45,6 +48,8 @@ from flywheel.curate.stages import (
     SELECT_SQL,
     SKETCH_TEXT,
     STAGES,
+    TARGET,
+    TOOLS,
     blank,
     dropped_case,
     rule,
@@ -100,17 +105,19 @@ def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig)
     ), p AS (
         SELECT * EXCLUDE (r),
             {PROMPT} AS prompt,
+            {TOOLS} AS tools,
             {CORRECTED} AS corrected,
             CASE WHEN thumbs = false OR rating <= $bad THEN 'bad'
                  WHEN thumbs OR rating >= $good THEN 'good' END AS verdict
         FROM b
     ), t AS (
         SELECT *,
-            CASE WHEN corrected THEN correction ELSE response END AS target,
+            {TARGET} AS target,
             CASE WHEN corrected THEN 2 WHEN verdict = 'good' THEN 1 ELSE 0 END AS quality,
-            prompt IS NULL OR len(prompt) = 0 OR prompt[-1].role IS DISTINCT FROM 'user'
+            -- the model answers a user turn or tool results, never its own turn
+            prompt IS NULL OR len(prompt) = 0 OR prompt[-1].role NOT IN ('user', 'tool')
               OR NOT coalesce(list_bool_and(list_transform(prompt, lambda m: coalesce(
-                     m.role IN ('system', 'user', 'assistant') AND m.content IS NOT NULL, false))), false) AS malformed
+                     m.role IN ('system', 'user', 'assistant', 'tool') AND m.content IS NOT NULL, false))), false) AS malformed
         FROM p
     )
     SELECT *,
@@ -121,6 +128,21 @@ def _prepare(con: duckdb.DuckDBPyConnection, sel: pa.Table, cfg: CurationConfig)
     FROM t
     """, params)  # fmt: skip
     con.unregister("sel")
+
+
+def _tool_text(texts: pa.Array) -> pa.Array:
+    """SQL `tool_text`: a stored assistant answer (a response, a correction, or a message with
+    `tool_calls` as JSON) as the text `flywheel.tools` trains and serves, so a tool call is a
+    target like any answer. Only texts that may hold calls go through Python."""
+    from flywheel import tools
+
+    maybe = pc.fill_null(pc.or_(pc.match_substring_regex(texts, r"^\s*[\[{]"), pc.match_substring(texts, "<tool_call>")), False)
+    if not pc.any(maybe).as_py():
+        return texts
+    out = texts.to_pylist()
+    for i in np.flatnonzero(maybe.to_numpy(zero_copy_only=False)):
+        out[i] = tools.assistant_text(tools.as_message(out[i]))
+    return pa.array(out, pa.string())
 
 
 def _drop(con, rids: np.ndarray | pa.Array, reason: str) -> None:
@@ -136,10 +158,10 @@ def _held_out(con) -> None:
     con.execute(f"""
         CREATE TEMP TABLE held_out AS
         WITH b AS (
-            SELECT id, session_id, CASE WHEN {CORRECTED} THEN correction ELSE response END AS target,
+            SELECT id, session_id, tool_text(CASE WHEN {CORRECTED} THEN correction ELSE response END) AS target,
                 from_json(request, '{REQUEST_SHAPE}') AS r
             FROM _history WHERE was_eval),
-        p AS (SELECT id, session_id, target, {PROMPT} AS prompt FROM b),
+        p AS (SELECT id, session_id, target, {PROMPT} AS prompt, {TOOLS} AS tools FROM b),
         q AS (SELECT id, session_id, {PROMPT_KEY} AS pkey, {SKETCH_TEXT} AS text FROM p)
         SELECT q.*, coalesce(rows.rid, (SELECT count(*) FROM rows) + row_number() OVER (ORDER BY q.id) - 1) AS rid
         FROM q LEFT JOIN rows USING (id)""")  # fmt: skip
@@ -192,8 +214,10 @@ def _pii_check(con, kinds: list[str] | None, chunk: int = 256) -> None:
     from flywheel.ingest.pii import contains_pii
 
     kinds_set = frozenset(kinds) if kinds else None
+    # (tool-call arguments and results are in the prompt's text and the raw response/correction)
     reader = con.sql(f"""
-        SELECT rid, {PROMPT_TEXT} || chr(10) || response || chr(10) || coalesce(correction, '') AS text
+        SELECT rid, {PROMPT_TEXT} || chr(10) || response || chr(10) || coalesce(correction, '')
+            || chr(10) || coalesce(tools, '') AS text
         FROM rows
         WHERE dropped IS NULL OR (status = 'ok' AND NOT malformed AND (corrected OR verdict IS NOT NULL))
         """).to_arrow_reader(batch_size=100_000)  # fmt: skip
@@ -284,6 +308,7 @@ def curate(settings: Settings, *, project: str = "default", task: str, config: C
     sel, history = _select(settings, project, task, since, until)
 
     con = duckdb.connect()  # in memory: the store is closed while we work
+    con.create_function("tool_text", _tool_text, [duckdb.sqltype("VARCHAR")], duckdb.sqltype("VARCHAR"), type="arrow")
     # Never checkpoint this scratch database: a checkpoint compresses the 1M-row table (seconds)
     # only for the next UPDATE to touch it.
     con.execute("SET checkpoint_threshold = '1TB'")

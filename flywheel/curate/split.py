@@ -104,14 +104,14 @@ def preference_pairs(con, enabled: bool = True) -> dict[str, int]:
         SELECT * FROM rows
         WHERE {'true' if enabled else 'false'} AND status = 'ok' AND NOT malformed AND NOT empty_prompt
           AND NOT has_pii AND (corrected OR verdict IS NOT NULL)
-    ), chosen AS (
-        SELECT pkey, id, ts, prompt, correction AS text, 2 AS q FROM c WHERE corrected
+    ), chosen AS (  -- (tool_text: a tool call as the text SFT trains on, `flywheel.curate.pipeline`)
+        SELECT pkey, id, ts, prompt, tool_text(correction) AS text, 2 AS q FROM c WHERE corrected
         UNION ALL
-        SELECT pkey, id, ts, prompt, response, 1 FROM c WHERE NOT corrected AND verdict = 'good'
+        SELECT pkey, id, ts, prompt, tool_text(response), 1 FROM c WHERE NOT corrected AND verdict = 'good'
     ), rejected AS (
-        SELECT pkey, id, ts, response AS text, 2 AS q FROM c WHERE verdict = 'bad'
+        SELECT pkey, id, ts, tool_text(response) AS text, 2 AS q FROM c WHERE verdict = 'bad'
         UNION ALL
-        SELECT pkey, id, ts, response, 1 FROM c WHERE corrected AND verdict IS DISTINCT FROM 'bad'
+        SELECT pkey, id, ts, tool_text(response), 1 FROM c WHERE corrected AND verdict IS DISTINCT FROM 'bad'
     ), ch AS (
         SELECT pkey, first(prompt ORDER BY q DESC, ts DESC, id) AS prompt,
             first(text ORDER BY q DESC, ts DESC, id) AS text, first(id ORDER BY q DESC, ts DESC, id) AS id

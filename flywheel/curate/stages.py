@@ -14,7 +14,9 @@ from dataclasses import dataclass
 # kind wins: a user may change their mind). Kept as text: it is stored with the version.
 SELECT_SQL = """
 WITH sel AS (
-    SELECT id, ts, session_id, status, request, response
+    SELECT id, ts, session_id, status, request, -- (an answer that called tools: a message with its calls)
+        CASE WHEN response_tool_calls IS NULL THEN response
+            ELSE json_object('content', response, 'tool_calls', response_tool_calls)::VARCHAR END AS response
     FROM interactions
     WHERE project = $project AND task = $task
       AND ($since IS NULL OR ts >= CAST($since AS TIMESTAMP))
@@ -49,7 +51,8 @@ h AS (
     GROUP BY interaction_id
 )
 SELECT h.id, h.was_eval, i.session_id, CASE WHEN h.was_eval THEN i.request END AS request,
-    CASE WHEN h.was_eval THEN i.response END AS response, c.correction
+    CASE WHEN h.was_eval AND i.response_tool_calls IS NULL THEN i.response WHEN h.was_eval
+        THEN json_object('content', i.response, 'tool_calls', i.response_tool_calls)::VARCHAR END AS response, c.correction
 FROM h LEFT JOIN interactions i ON i.project = $project AND i.id = h.id
 LEFT JOIN (
     SELECT f.interaction_id, first(f.value ->> '$' ORDER BY f.ts DESC, f.id DESC) AS correction
@@ -59,24 +62,38 @@ LEFT JOIN (
 
 # The request is parsed once against a fixed shape (DuckDB's typed `from_json`, ~15x faster
 # than extracting paths per message). Messages become {role, content} structs: `prompt` requests
-# become one user turn, `developer` is a system turn, content given as text parts is joined;
-# anything else (tool calls, images) leaves a NULL content and makes the row malformed for SFT.
-REQUEST_SHAPE = '{"messages": [{"role": "VARCHAR", "content": "JSON"}], "prompt": "JSON"}'
-MESSAGES = """
-list_transform(r.messages, lambda m: {
-    'role': CASE m.role WHEN 'developer' THEN 'system' ELSE m.role END,
-    'content': CASE json_type(m.content)
-        WHEN 'VARCHAR' THEN m.content ->> '$'
-        WHEN 'ARRAY' THEN CASE WHEN list_bool_and(list_transform(CAST(m.content AS JSON[]),
+# become one user turn, `developer` is a system turn, content given as text parts is joined; an
+# assistant turn's tool calls and a tool result become text in `flywheel.tools`' format (the
+# `tool_text` function, `flywheel.curate.pipeline`), so a call is a target like any answer; anything
+# else (images) leaves a NULL content and makes the row malformed for SFT. The tools offered
+# (`tools`, or `params.tools`) are kept as JSON text for training to render.
+REQUEST_SHAPE = ('{"messages": [{"role": "VARCHAR", "content": "JSON", "tool_calls": "JSON"}], "prompt": "JSON", '
+                 '"tools": "JSON", "params": {"tools": "JSON"}}')
+_TEXT = """CASE json_type({c})
+        WHEN 'VARCHAR' THEN {c} ->> '$'
+        WHEN 'ARRAY' THEN CASE WHEN list_bool_and(list_transform(CAST({c} AS JSON[]),
                 lambda q: coalesce(json_type(q, '$.text') = 'VARCHAR', false)))
-            THEN array_to_string(list_transform(CAST(m.content AS JSON[]), lambda q: q ->> '$.text'), '') END
-    END})
+            THEN array_to_string(list_transform(CAST({c} AS JSON[]), lambda q: q ->> '$.text'), '') END
+    END"""
+MESSAGES = f"""
+list_transform(r.messages, lambda m: {{
+    'role': CASE m.role WHEN 'developer' THEN 'system' WHEN 'function' THEN 'tool' ELSE m.role END,
+    'content': CASE WHEN m.role = 'assistant' AND json_array_length(m.tool_calls) > 0
+        THEN tool_text(json_object('content', m.content, 'tool_calls', m.tool_calls)::VARCHAR)
+        ELSE {_TEXT.format(c='m.content')} END}})
 """
 PROMPT = f"""CASE WHEN r.messages IS NOT NULL THEN {MESSAGES}
     WHEN json_type(r.prompt) = 'VARCHAR' THEN [{{'role': 'user', 'content': r.prompt ->> '$'}}] END"""
+TOOLS = """CASE WHEN json_array_length(coalesce(r.tools, r.params.tools)) > 0
+    THEN coalesce(r.tools, r.params.tools)::VARCHAR END"""
+# The names of the tools offered, sorted: two prompts offering different tools are different prompts.
+TOOL_NAMES = """array_to_string(list_sort(list_transform(CAST(tools AS JSON[]),
+    lambda t: coalesce(t ->> '$.function.name', t ->> '$.name', ''))), ',')"""
 PROMPT_TEXT = "array_to_string(list_transform(prompt, lambda m: m.content), chr(10))"
 USER_TEXT = "array_to_string(list_transform(list_filter(prompt, lambda m: m.role <> 'system'), lambda m: m.content), chr(10))"
-PROMPT_KEY = f"hash(lower({USER_TEXT}))"  # what links rows with the same prompt (split, pairs)
+_WITH_TOOLS = f"coalesce(chr(10) || 'tools: ' || {TOOL_NAMES}, '')"  # ('' without tools: keys as before)
+PROMPT_KEY = f"hash(lower({USER_TEXT} || {_WITH_TOOLS}))"  # what links rows with the same prompt (split, pairs)
+TARGET = "tool_text(CASE WHEN corrected THEN correction ELSE response END)"  # (a call in flywheel.tools' text)
 
 
 def blank(column: str) -> str:
@@ -85,7 +102,7 @@ def blank(column: str) -> str:
 
 
 CORRECTED = f"coalesce(NOT {blank('correction')}, false)"  # (a blank correction is none)
-SKETCH_TEXT = f"lower({USER_TEXT} || chr(10) || target)"  # what dedup compares
+SKETCH_TEXT = f"lower({USER_TEXT} || chr(10) || target || {_WITH_TOOLS})"  # what dedup compares
 
 
 def rule(column: str, patterns: list[str], params: dict, name: str) -> str | None:
@@ -110,7 +127,8 @@ class Stage:
     condition: str | None = None
 
 
-_TOKENS = "ceil((list_sum(list_transform(prompt, lambda m: length(m.content) + 1)) - 1 + length(target)) / $cpt)"
+_TOKENS = ("ceil((list_sum(list_transform(prompt, lambda m: length(m.content) + 1)) - 1 + length(target)"
+           " + coalesce(length(tools), 0)) / $cpt)")
 
 STAGES: tuple[Stage, ...] = (
     Stage("failed_call", "failed calls (status error)", "status <> 'ok'"),

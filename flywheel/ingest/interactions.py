@@ -126,6 +126,7 @@ def read_interactions(
     for row in rows:
         row["request"] = msgspec.json.decode(row["request"])
         row["metadata"] = msgspec.json.decode(row["metadata"]) if row["metadata"] is not None else None
+        row["response_tool_calls"] = msgspec.json.decode(c) if (c := row["response_tool_calls"]) is not None else None
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (encode_cursor(rows[-1]["ts"], rows[-1]["id"]) if more else None)

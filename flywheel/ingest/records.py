@@ -4,10 +4,18 @@ One bad item must not sink a batch, so each item is decoded on its own and every
 reported as `field: what was expected (the limit)`: whatever JSON a field holds, an item is a
 row or an `ItemError`, never another exception. Text is PII-redacted here, before anything is
 stored: messages (names, parts, tool-call arguments and results included), the prompt, the
-response, `model`, and every string in `params`, `tags` and `metadata`; user and session ids that
+response and its tool calls, `model`, the tools offered, and every string in `params`, `tags` and
+`metadata`; user and session ids that
 hold PII become keyed hashes (`pii.pseudonym`) so that the loop can still group by them.
 msgspec does the decoding: it is the hot path of ingestion. The rows made here are declared in
 `flywheel.store.rows`; `field_error` is how every msgspec error in Flywheel becomes `field: message`.
+
+Tool calling (OpenAI's shapes, checked by `flywheel.ingest.tool_fields`): an item may carry the
+`tools` offered (stored in the request beside the messages), `tool_choice`, `parallel_tool_calls`
+and `response_format` in `params`, and messages with assistant `tool_calls` and `tool` results
+(`tool_call_id`). An answer that is a tool call goes in `response_tool_calls` (a list of OpenAI
+`{"id", "type": "function", "function": {"name", "arguments": "<JSON>"}}`), with `response` its
+text: "" or null (stored as "") when the model only called. The gateway records its calls the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import msgspec
 
 from flywheel import store
 from flywheel.ingest import pii
+from flywheel.ingest.tool_fields import ToolFieldError, check_request, check_tool_calls
 from flywheel.store.rows import (
     FEEDBACK_COLUMNS,
     INTERACTION_COLUMNS,
@@ -44,12 +53,14 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 class InteractionIn(msgspec.Struct, forbid_unknown_fields=True):
     task: TaskName
     model: Name
-    response: str
+    response: str | None = None  # (required unless `response_tool_calls` is given)
+    response_tool_calls: list[Any] | None = None
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     id: Name | None = None
     ts: datetime | None = None
     params: dict[str, Any] | None = None
+    tools: list[Any] | None = None
     latency_ms: NonNegative | None = None
     prompt_tokens: Count | None = None
     completion_tokens: Count | None = None
@@ -188,6 +199,21 @@ def _walk(value: Any, field: str, limits: Limits, keep: frozenset[str] = frozens
     return out, found
 
 
+# An app offers the same tools on every call: their redaction is remembered whole, keyed by their
+# JSON (bounded like the prompts'; a hit costs an encoding instead of a walk over every string).
+_REDACTED_TOOLS: dict[bytes, tuple[Any, int]] = {}
+
+
+def _tools(tools: list[Any], limits: Limits) -> tuple[Any, int]:
+    key = _encoder.encode(tools)
+    done = _REDACTED_TOOLS.get(key)
+    if done is None:
+        if len(_REDACTED_TOOLS) >= _PROMPT_CACHE_ITEMS:
+            _REDACTED_TOOLS.clear()
+        done = _REDACTED_TOOLS[key] = _walk(tools, "tools", limits, _PROTOCOL_KEYS)
+    return done
+
+
 def _json_text(text: str, field: str, limits: Limits) -> tuple[str, int]:
     """A string that may hold a JSON document (tool-call arguments, a tool's result): its strings
     are redacted inside (escapes like \\u0040 decoded first, no key kept), and it stays valid JSON."""
@@ -222,6 +248,8 @@ def _messages(messages: list[dict[str, Any]], limits: Limits, redact: bool, chec
                 raise ItemError(f"messages[{i}].role: expected one of {', '.join(sorted(ROLES))}, got {_shown(role)}")
             if content is not None and not isinstance(content, str | list):
                 raise ItemError(f"messages[{i}].content: expected a string, an array of parts or null")
+            if message.get("tool_calls") is not None:
+                _checked(check_tool_calls, message["tool_calls"], f"messages[{i}].tool_calls")
         field = f"messages[{i}]"
         if isinstance(content, str) and redact and role in _RESULT_ROLES:  # often JSON
             content, n = _json_text(content, f"{field}.content", limits)
@@ -242,6 +270,13 @@ def _messages(messages: list[dict[str, Any]], limits: Limits, redact: bool, chec
             found += n
         out.append({**rest, "content": content})
     return out, found
+
+
+def _checked(check, *args, **kwargs) -> None:
+    try:
+        check(*args, **kwargs)
+    except ToolFieldError as exc:
+        raise ItemError(str(exc)) from None
 
 
 def _json_field(value: Any, field: str, limits: Limits, redact: bool) -> tuple[Any, int]:
@@ -330,17 +365,32 @@ def interaction_row(raw: bytes, *, project: str, redact: bool, limits: Limits, s
         raise _item_error(exc) from None
     if (item.messages is None) == (item.prompt is None):
         raise ItemError("messages: exactly one of `messages` or `prompt` is required")
+    if item.response is None and not item.response_tool_calls:
+        raise ItemError("response: required field missing")
+    # The gateway's call was answered by a route already (and its tools checked at the door):
+    # recorded as sent, never refused.
+    checked = source != "gateway"
+    if checked:
+        params = item.params or {}
+        _checked(check_request, item.tools, params.get("tool_choice"), params.get("response_format"), params_at="params.")
+        if item.response_tool_calls is not None:
+            _checked(check_tool_calls, item.response_tool_calls, "response_tool_calls")
     if item.messages is not None:
-        # The gateway's messages were answered by a route already: recorded as sent, never refused.
-        messages, found = _messages(item.messages, limits, redact, checked=source != "gateway")
+        messages, found = _messages(item.messages, limits, redact, checked)
         request: dict[str, Any] = {"messages": messages}
     else:
         prompt, found = _text(item.prompt, "prompt", limits, redact)
         request = {"prompt": prompt}
+    if item.tools is not None:
+        request["tools"], n = _tools(item.tools, limits) if redact else (item.tools, 0)
+        found += n
     if item.params:
         request["params"], n = _json_field(item.params, "params", limits, redact)
         found += n
-    response, n = _text(item.response, "response", limits, redact)
+    calls, c = (_walk(item.response_tool_calls, "response_tool_calls", limits, _PROTOCOL_KEYS) if redact
+                else (item.response_tool_calls, 0))  # fmt: skip
+    found += c
+    response, n = _text(item.response or "", "response", limits, redact)
     model, m = _text(item.model, "model", limits, redact, repeats=True)  # (the same on most items: cached)
     tags, t = _json_field(item.tags, "tags", limits, redact)
     metadata, d = _json_field(item.metadata, "metadata", limits, redact)
@@ -352,6 +402,7 @@ def interaction_row(raw: bytes, *, project: str, redact: bool, limits: Limits, s
         user_id=_identifier(item.user_id, redact, secret), session_id=_identifier(item.session_id, redact, secret),
         tags=tags, metadata=_encode(metadata) if metadata is not None else None,
         source=source, pii_redacted=found + n + m + t + d, received_at=now,
+        response_tool_calls=_encode(calls) if calls else None,
     )  # fmt: skip
 
 

@@ -172,4 +172,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE api_keys ADD COLUMN role VARCHAR NOT NULL DEFAULT 'app';  -- app | admin (flywheel.registry.keys)
         """,
     ),
+    (
+        7,
+        "interaction tool calls",
+        # An answer may be a tool call: its OpenAI `tool_calls` beside the text (the tools offered
+        # are in `request`). Added last, as `flywheel.store.rows.InteractionRow` declares it.
+        """
+        ALTER TABLE interactions ADD COLUMN response_tool_calls JSON;
+        """,
+    ),
 ]

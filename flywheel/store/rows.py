@@ -56,6 +56,7 @@ class InteractionRow(NamedTuple):
     source: str  # ingest | gateway
     pii_redacted: int  # how many values redaction replaced
     received_at: datetime  # when we received it
+    response_tool_calls: Json | None  # the OpenAI tool calls of the answer, if any (migration 7)
 
 
 class FeedbackRow(NamedTuple):

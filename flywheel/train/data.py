@@ -80,7 +80,10 @@ def load_splits(dataset_path: Path | str, recipe: Recipe):
     if eval_ds is None and recipe.eval_fraction > 0 and len(train_ds) * recipe.eval_fraction >= 4:
         parts = train_ds.train_test_split(test_size=recipe.eval_fraction, seed=recipe.seed)
         train_ds, eval_ds = parts["train"], parts["test"]
-    # Only the columns the trainer reads: curation may carry ids and metadata alongside.
+    # Only the columns the trainer reads: curation may carry ids and metadata alongside. The tools
+    # a chat offered travel with it, to be rendered as the engine renders them (`flywheel.tools`).
+    if "messages" in columns and "tools" in train_ds.column_names:
+        columns.append("tools")
     train_ds = train_ds.select_columns(columns)
     eval_ds = eval_ds.select_columns(columns) if eval_ds is not None and len(eval_ds) else None
     return train_ds, eval_ds

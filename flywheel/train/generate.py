@@ -17,9 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16) -> list[str]:
-    """Greedy answers of `model` to chat `conversations` (each ends before the assistant turn)."""
+def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 64, batch_size: int = 16,
+             tools: Sequence | None = None) -> list[str]:
+    """Greedy answers of `model` to chat `conversations` (each ends before the assistant turn),
+    offered `tools` (one list or JSON text per conversation, or None), rendered as the engine does."""
     import torch
+
+    from flywheel.tools import render
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -30,7 +34,8 @@ def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_t
     try:
         for start in range(0, len(conversations), batch_size):
             batch = conversations[start : start + batch_size]
-            texts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in batch]
+            offered = tools[start : start + batch_size] if tools is not None else [None] * len(batch)
+            texts = [render(tokenizer, list(c), t, add_generation_prompt=True) for c, t in zip(batch, offered, strict=True)]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
                 out = model.generate(
@@ -64,7 +69,8 @@ def exact_match(model, tokenizer, rows: Sequence[dict[str, Any]], *, max_new_tok
     if not rows:
         return float("nan")
     prompts, targets = split_targets(rows)
-    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       tools=[row.get("tools") for row in rows])
     return sum(a == t.strip() for a, t in zip(answers, targets)) / len(rows)
 
 
@@ -78,7 +84,8 @@ def teacher_answers(teacher: str, dataset, *, max_new_tokens: int = 256, batch_s
     if torch.cuda.is_available():
         model = model.to("cuda")
     prompts, _ = split_targets(dataset)
-    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    tools = list(dataset["tools"]) if "tools" in dataset.column_names else None
+    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, tools=tools)
     del model
 
     def relabel(row, idx):

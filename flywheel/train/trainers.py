@@ -67,9 +67,34 @@ def load_model(path: str, recipe: Recipe):
     return model, tokenizer
 
 
-def as_prompt_completion(ds):
-    """`messages` rows as conversational prompt/completion rows (the last turn is the completion)."""
-    return ds.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}, remove_columns=["messages"])
+def as_prompt_completion(ds, tokenizer):
+    """`messages` rows (and their `tools`, when given) as token ids with a `completion_mask` on the
+    last turn, the target, rendered by `flywheel.tools.render` as the engine renders them: a tool
+    call is trained exactly as it will be asked for and parsed, and tool results are never a target.
+
+    The completion is what the whole chat adds to its prompt with the assistant's turn opened (the
+    tokens past their common prefix, as TRL does for prompt/completion data)."""
+    from flywheel.tools import render
+
+    def tokenize(row):
+        tools = row.get("tools")
+        prompt = tokenizer(render(tokenizer, row["messages"][:-1], tools, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(render(tokenizer, row["messages"], tools, add_generation_prompt=False), add_special_tokens=False)["input_ids"]
+        start = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
+        return {"input_ids": ids, "completion_mask": [0] * start + [1] * (len(ids) - start)}
+
+    return ds.map(tokenize, remove_columns=ds.column_names)
+
+
+def offers_tools(ds) -> bool:
+    """Whether any row of `ds` offers tools or holds a tool result: those rows must be rendered by
+    `flywheel.tools`, which TRL's own chat rendering knows nothing of."""
+    import pyarrow.compute as pc
+
+    if "tools" in ds.column_names and ds.data.column("tools").null_count < len(ds):
+        return True
+    roles = pc.list_flatten(ds.data.column("messages")).combine_chunks().field("role")
+    return bool(pc.any(pc.equal(roles, "tool")).as_py())
 
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, out_dir: Path, callbacks: list):
@@ -79,11 +104,15 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, out_dir: 
         from transformers import EarlyStoppingCallback
 
         callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=recipe.early_stopping_patience)]
-    if getattr(args, "completion_only_loss", None) and "messages" in train_ds.column_names:
-        # TRL puts the loss on the completion only for prompt/completion data: a chat becomes its
-        # turns before the last (the prompt) and the last one, the answer. Any chat template works,
-        # where assistant_only_loss needs `{% generation %}` markers (SmolLM2's template has none).
-        train_ds, eval_ds = (as_prompt_completion(ds) if ds is not None else None for ds in (train_ds, eval_ds))
+    if "messages" in train_ds.column_names and (getattr(args, "completion_only_loss", None) or offers_tools(train_ds)):
+        # The loss goes on the answer only: a chat becomes its rendered tokens with a mask on the
+        # last turn. Any chat template works, where assistant_only_loss needs `{% generation %}`
+        # markers (SmolLM2's template has none), and tools are rendered as the engine renders them.
+        train_ds, eval_ds = (as_prompt_completion(ds, tokenizer) if ds is not None else None for ds in (train_ds, eval_ds))
+        # TRL applies that mask as `completion_mask`; its own assistant-turn masking needs chats it
+        # renders itself. Only a recipe that turns both off trains on the whole chat.
+        args.completion_only_loss = args.completion_only_loss is not False or bool(getattr(args, "assistant_only_loss", False))
+        args.assistant_only_loss = False
     method = METHODS[recipe.method]
     return method.trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft,

@@ -6,6 +6,7 @@ provider wrote it (stream or not) and is recorded on the way.
 Connection errors, timeouts, 429 and 5xx are retried with backoff up to the route's `retries`,
 then the route fails (`BackendError`) and the gateway tries its fallback; a 4xx is the caller's
 own error and is passed through. A stream is retried only before its first byte reaches our caller.
+Tool calls in the answer are recorded with it; streamed, their deltas are assembled first (`ToolCalls`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import msgspec
@@ -55,6 +57,30 @@ async def send(client: httpx.AsyncClient, route: RouteSettings, path: str, body:
     raise BackendError(reason)
 
 
+class ToolCalls:
+    """A streamed answer's tool calls, assembled from their deltas as OpenAI's own client does:
+    each delta names its call by `index`; string fields (`id`, `function.name`,
+    `function.arguments`) arrive in fragments that are concatenated, `type` is set."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: Any) -> None:
+        for delta in deltas if isinstance(deltas, list) else ():
+            if not isinstance(delta, dict) or not isinstance(delta.get("index", 0), int):
+                continue  # (a provider's oddity: the answer is relayed as sent, the record keeps what it can)
+            call = self.calls.setdefault(delta.get("index", 0), {"id": "", "type": "function",
+                                                                  "function": {"name": "", "arguments": ""}})  # fmt: skip
+            call["id"] += delta["id"] if isinstance(delta.get("id"), str) else ""
+            call["type"] = delta["type"] if isinstance(delta.get("type"), str) else call["type"]
+            fn = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+            for key in ("name", "arguments"):
+                call["function"][key] += fn[key] if isinstance(fn.get(key), str) else ""
+
+    def done(self) -> list[dict[str, Any]]:
+        return [self.calls[i] for i in sorted(self.calls)]
+
+
 class UpstreamBackend(Backend):
     async def start(self, http: httpx.AsyncClient) -> None:
         self.http = http
@@ -77,22 +103,26 @@ class UpstreamBackend(Backend):
         if not call.req.stream:
             data = msgspec.json.decode(response.content)
             choice = (data.get("choices") or [{}])[0]
-            text = (choice.get("message") or {}).get("content") or "" if call.chat else choice.get("text") or ""
+            message = choice.get("message") or {}
+            text = message.get("content") or "" if call.chat else choice.get("text") or ""
+            calls = message.get("tool_calls") if call.chat and isinstance(message.get("tool_calls"), list) else None
             return Response(response.content, media_type="application/json", headers={ID_HEADER: call.id},
-                            background=BackgroundTask(call.record, target, text, data.get("usage")))  # fmt: skip
+                            background=BackgroundTask(call.record, target, text, data.get("usage"),
+                                                      tool_calls=calls))  # fmt: skip
 
         async def relay() -> AsyncIterator[bytes]:
-            pieces, usage = [], None
+            pieces, usage, calls = [], None, ToolCalls()
             try:
                 async for line in response.aiter_lines():
                     if line.startswith("data: {"):
                         chunk = msgspec.json.decode(line[6:])
                         usage = chunk.get("usage") or usage
                         for choice in chunk.get("choices") or []:
-                            pieces.append((choice.get("delta") or {}).get("content") or "" if call.chat
-                                          else choice.get("text") or "")  # fmt: skip
+                            delta = choice.get("delta") or {}
+                            pieces.append(delta.get("content") or "" if call.chat else choice.get("text") or "")
+                            calls.add(delta.get("tool_calls") if call.chat else None)
                     yield (line + "\n").encode()
-                call.record(target, "".join(pieces), usage)
+                call.record(target, "".join(pieces), usage, tool_calls=calls.done())
             finally:
                 await response.aclose()
 
