@@ -12,8 +12,8 @@ the recorded traffic, trains a student with TRL, benchmarks student vs productio
 through the gateway, and promotes only if the gate passes; the app's next traffic goes to
 whatever holds the alias then.
 
-The SmolLM2 sizes (requests per turn, training steps, golden set, max_tokens) aim at two turns in
-about 6 minutes on 2 CPU cores, the base's import included.
+The SmolLM2 sizes (requests per turn, training steps, golden set, max_tokens) give two turns in
+about 10 minutes on 2 quiet CPU cores, the base's import included (measured; the aim is 6).
 """
 
 from __future__ import annotations
