@@ -7,10 +7,11 @@
     PII (plain prose; typical chat; chat dense with numbers, dates, ids and code) and with PII;
 (c) linearity: time on 20 KB vs 200 KB of adversarial input (long digit, word and colon runs).
 
-(a) and (b) also measure the redactor of the last commit (`git show HEAD:flywheel/ingest/pii.py`)
-side by side, in the same run, as the baseline; `--baseline REV` picks another revision.
+(a) and (b) also measure the redactor of commit b5b4738 (`git show b5b4738:flywheel/ingest/pii.py`, the last
+before normalization and the evasion kinds) side by side, in the same run, as the baseline;
+`--baseline REV` picks another revision.
 
-    .venv/bin/python bench/pii.py [--messages 2000] [--runs 7] [--baseline HEAD]
+    .venv/bin/python bench/pii.py [--messages 2000] [--runs 7] [--baseline b5b4738]
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--baseline", default="HEAD", help="git revision whose redactor is measured side by side")
+    ap.add_argument("--baseline", default="b5b4738", help="git revision whose redactor is measured side by side "
+                    "(default: the last before normalization and the evasion kinds)")
     args = ap.parse_args()
     old = baseline_redact(args.baseline)
 
