@@ -394,7 +394,24 @@ def field_corpus(n_per_field: int, seed: int = 0) -> list[tuple[str, str, str, s
     return out
 
 
-def stored_strings(row) -> list[str]:
+def stored_text(source: str, item: dict, secret: bytes) -> str:
+    """What storage keeps of one `field_corpus` item: the row records validation makes of it (as the
+    ingestion API or the gateway would), every string of it normalized, one per line."""
+    import msgspec
+
+    from flywheel.ingest.pii import normalize
+    from flywheel.ingest.records import Limits, feedback_row, interaction_row
+
+    raw, limits = msgspec.json.encode(item), Limits(200_000, 100)
+    if source == "feedback":
+        row = feedback_row(raw, project="p", redact=True, limits=limits, secret=secret)
+    else:
+        row = interaction_row(raw, project="p", redact=True, limits=limits, secret=secret,
+                              source="gateway" if source == "gateway" else "ingest")  # fmt: skip
+    return "\n".join(normalize(text) for text in _stored_strings(row))
+
+
+def _stored_strings(row) -> list[str]:
     """Every string a stored row holds, its JSON columns (and JSON inside their strings) decoded."""
     out, stack = [], [v for v in row if v is not None]
     while stack:
