@@ -8,11 +8,16 @@
     at `--factor` (5) times it: p99 latency of the accepted requests against the unloaded one
     (one client, one request at a time), the share answered 503/429, `/healthz` p99 meanwhile,
     the server's peak RSS, and acknowledged-but-lost items (counted in DuckDB after shutdown).
+(e) `--store lake`, alone: (a) and (b) side by side on the file store (one replica), and on a
+    DuckLake lake (PostgreSQL catalog, local data folder; flywheel.store.lake) with 1 and with 2
+    `flywheel serve` replicas sharing the load, each replica with its own clients; then
+    acknowledged-but-lost items and ids stored twice, read back from each store.
 The server is a real `flywheel serve` subprocess; the client is a lean asyncio HTTP/1.1 client
 sending pre-serialized bodies, so it eats as little of the 2 cores as possible.
 
     .venv/bin/python bench/ingest.py [--events 200000]
     .venv/bin/python bench/ingest.py --overload [--batch 100] [--seconds 15] [--env FLYWHEEL_X=Y ...]
+    .venv/bin/python bench/ingest.py --store lake [--events 50000] [--singles 5000]
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import Server, make_keys  # noqa: E402
+from lake_services import Postgres, lake_home  # noqa: E402
 
+from flywheel import store  # noqa: E402
 from flywheel.settings import load_settings  # noqa: E402
 
 WORDS = ("order parcel refund invoice account password delivery broken late charge twice cancel subscription "
@@ -266,6 +273,60 @@ def report_overload(args) -> None:
     print(f"    (machine: {os.cpu_count()} cores, shared: figures are noisy)")
 
 
+def measure_store(home: Path, replicas: int, bodies: list[bytes], single_bodies: list[bytes], n_events: int) -> dict:
+    """(e) for one store: batches then single items, spread over `replicas` servers on `home`."""
+    key = make_keys(home, "bench")["bench"]
+    servers = [Server(home).start() for _ in range(replicas)]
+    try:
+        async def spread(work, share: list[bytes], concurrency: int):
+            return await asyncio.gather(*(work(s.port, key, share[i::replicas], concurrency)
+                                          for i, s in enumerate(servers)))  # fmt: skip
+
+        started = time.perf_counter()
+        asyncio.run(spread(batched, bodies, 4))
+        batch_s = time.perf_counter() - started
+        started = time.perf_counter()
+        latencies = [t for _, lat in asyncio.run(spread(singles, single_bodies, 32 // replicas)) for t in lat]
+        single_s = time.perf_counter() - started
+    finally:
+        for s in servers:
+            s.stop()
+    with store.connect(load_settings(home).db_path, read_only=True) as con:
+        seen, distinct = con.execute("SELECT count(*), count(DISTINCT id) FROM interactions").fetchone()
+    return {"batch": n_events / batch_s, "single": len(latencies) / single_s, "p99": p99(latencies),
+            "lost": n_events + len(single_bodies) - distinct, "twice": seen - distinct}  # fmt: skip
+
+
+def report_stores(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
+    events = make_events(args.events)
+    bodies = [orjson.dumps({"interactions": events[i:i + 1000]}) for i in range(0, len(events), 1000)]
+    single_bodies = [orjson.dumps({"interactions": [{**e, "id": "single-" + e["id"]}]})
+                     for e in make_events(args.singles, seed=1)]  # fmt: skip
+    postgres = Postgres().start()
+    try:
+        runs = [("file", 1, work / "file")]
+        for n in (1, 2):
+            runs.append(("lake: PostgreSQL catalog, local data", n,
+                         lake_home(work / f"lake{n}", catalog=postgres.database(f"bench{n}"), data_path="lake-data/")))
+        results = [(label, n, measure_store(home, n, bodies, single_bodies, len(events))) for label, n, home in runs]
+    finally:
+        postgres.remove()
+    print(f"(e) {len(events):,} events in batches of 1,000 (4 clients per replica), then {len(single_bodies):,} "
+          f"single-item posts (32 clients in all); events/s to durable ack")
+    print(f"    {'store':40} {'replicas':>8} {'batches ev/s':>13} {'singles ev/s':>13} {'singles p99':>12} "
+          f"{'lost':>5} {'stored twice':>13}")
+    for label, n, r in results:
+        print(f"    {label:40} {n:>8} {r['batch']:>13,.0f} {r['single']:>13,.0f} {r['p99']:>9.1f} ms "
+              f"{r['lost']:>5} {r['twice']:>13}")
+    file, one, two = (r for _, _, r in results)
+    print(f"    lake, 2 replicas / 1, batches: {two['batch'] / one['batch']:.2f}x  [target >= 1.5x];  "
+          f"singles: {two['single'] / one['single']:.2f}x")
+    print(f"    lake, 1 replica / file store, batches: {one['batch'] / file['batch']:.2f}x  [target >= 0.5x];  "
+          f"singles: {one['single'] / file['single']:.2f}x")
+    print(f"    (machine: {os.cpu_count()} cores, shared with the clients, the replicas and PostgreSQL: figures are noisy)")
+
+
 def duckdb_load(ndjson: Path, db: Path) -> float:
     started = time.perf_counter()
     con = duckdb.connect(str(db))
@@ -293,7 +354,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="(d): clients measuring the sustainable rate")
     parser.add_argument("--factor", type=float, default=5, help="(d): the overload, times the sustainable rate")
     parser.add_argument("--env", nargs="*", default=[], metavar="FLYWHEEL_X=Y", help="(d): server settings")
+    parser.add_argument("--store", choices=["lake"], help="(e) alone: the file store against a lake with 1 and 2 replicas")
     args = parser.parse_args()
+    if args.store:
+        report_stores(args)
+        return
     if args.overload:
         report_overload(args)
         return

@@ -2,7 +2,13 @@
 
 1. Local engine throughput (completion tokens/s) and p50/p99 latency at concurrency 1, 8, 32
    through the OpenAI API of a real `flywheel serve`, against sequential `model.generate` calls
-   on the same model and prompts in the same run (target: >= 4x at 32).
+   (target: >= 8x at 32) and one static batch-32 `model.generate` of the same prompts (the
+   practical limit; target: >= 0.8x), on the same model in the same run.
+   Continuous batching: a mixed-length workload (short requests arriving while long ones decode),
+   the short ones' latency with requests joining the running batch vs waiting for it to end
+   (the engine's `join_running=False`, static batching as before), in this process.
+   Speculative decoding (n-gram drafts) at concurrency 1 on the demo's support-ticket prompts:
+   tokens/s against plain decoding (target: >= 1.5x), acceptance rate, identical outputs.
 2. Multi-LoRA memory: server RSS with 8 adapters loaded vs none (target <= 1.1x on the real base).
 3. Gateway overhead of an upstream route (to a second local server): added p50 latency (target < 5 ms).
 
@@ -17,9 +23,11 @@ fewer requests per level (SIZES).
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +43,8 @@ PROMPTS = [f"Ticket {i}: my parcel {i} is late and the courier does not answer" 
 # base -> (baseline prompts, requests at concurrency 1, 8, 32, gateway-overhead pairs): enough for
 # a steady rate, small enough that the real base's run stays within minutes on 2 cores.
 SIZES = {"tiny": (32, (16, 64, 128), 60), "real": (4, (4, 8, 32), 20)}
+# base -> (long requests, short requests, seconds between short arrivals, speculation prompts)
+WORKLOADS = {"tiny": (4, 16, 0.05, 32), "real": (4, 8, 0.5, 12)}
 
 
 def baseline(path: str, prompts: list[str], tokens: int) -> tuple[float, int]:
@@ -52,6 +62,118 @@ def baseline(path: str, prompts: list[str], tokens: int) -> tuple[float, int]:
             out = model.generate(**ids, max_new_tokens=tokens, do_sample=False)
             produced += out.shape[1] - ids["input_ids"].shape[1]
     return time.perf_counter() - started, produced
+
+
+def static_batch(path: str, prompts: list[str], tokens: int) -> tuple[float, int]:
+    """One left-padded greedy `model.generate` of all `prompts` at once: every row decodes until the
+    last one ends. Counts each row's tokens before its end-of-turn, as the engine's usage does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             for p in prompts]  # fmt: skip
+    ids = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    wall = time.perf_counter() - started
+    produced = 0
+    for row in out[:, ids["input_ids"].shape[1]:].tolist():
+        produced += next((i for i, t in enumerate(row) if t in eos), len(row))
+    return wall, produced
+
+
+def mixed_lengths(path: str, long_tokens: int, short_tokens: int, n_long: int, n_short: int, gap_s: float) -> None:
+    """Long requests start; short ones arrive every `gap_s` while they decode. The short ones'
+    latency, and the whole workload's tokens/s, with newcomers joining the running batch at the
+    next step (continuous) vs waiting for it to end (static), each on its own engine in turn."""
+    from serving.engine import Engine
+
+    short_p50 = {}
+    for label, join in (("continuous", True), ("static", False)):
+        engine = Engine(path, max_batch=32, max_wait_ms=5, join_running=join)
+        try:
+            ids = [engine.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS[:n_long + n_short]]
+            limits = [long_tokens] * n_long + [short_tokens] * n_short
+            _arrivals(engine, ids[:2], [2, 2], [0.0, 0.0])  # warm up (the first passes are slow)
+            latency, produced, wall = _arrivals(engine, ids, limits, [0.0] * n_long + [gap_s] * n_short)
+        finally:
+            engine.close()
+        short = sorted(latency[n_long:])
+        short_p50[label] = statistics.median(short)
+        print(f"mixed lengths, {label:>10}: {n_long} x {long_tokens} tokens + {n_short} x {short_tokens} arriving every "
+              f"{gap_s:.2f} s: short p50 {short_p50[label] * 1000:,.0f} ms, max {short[-1] * 1000:,.0f} ms; "
+              f"{produced / wall:,.1f} tokens/s overall")  # fmt: skip
+    print(f"mixed lengths: short requests' p50 latency {short_p50['static'] / short_p50['continuous']:.1f}x lower "
+          "when they join the running batch")
+
+
+def _arrivals(engine, ids: list[list[int]], limits: list[int], gaps: list[float]) -> tuple[list[float], int, float]:
+    """Submit each prompt (greedy, up to its limit) after its gap; (each one's latency, tokens, wall time)."""
+    from serving.engine import Generation
+
+    latency, produced, finished = [0.0] * len(ids), [0], threading.Semaphore(0)
+
+    def emitter(i: int, t0: float):
+        def emit(delta: str, last: dict | None) -> None:
+            if last is not None:
+                latency[i] = time.perf_counter() - t0
+                produced[0] += last["completion_tokens"]
+                finished.release()
+        return emit
+
+    started = time.perf_counter()
+    for i, (prompt, limit, gap) in enumerate(zip(ids, limits, gaps)):
+        time.sleep(gap)
+        engine.submit(Generation(prompt_ids=prompt, max_tokens=limit, emit=emitter(i, time.perf_counter()), temperature=0))
+    for _ in ids:
+        finished.acquire()
+    return latency, produced[0], time.perf_counter() - started
+
+
+def speculation(path: str, n: int, tokens: int) -> None:
+    """Concurrency 1 on the demo's traffic (support tickets to route, the demo's system prompt), each
+    prompt on a plain and an n-gram speculating engine in turn, so both see the same CPU load."""
+    from flywheel.demo.world import SYSTEM, ticket
+    from serving.engine import Engine, Generation
+
+    engines = {mode: Engine(path, max_batch=1, max_wait_ms=0, speculative=mode) for mode in ("off", "ngram")}
+    rng = random.Random(0)
+    texts = {mode: [] for mode in engines}
+    spent, produced = dict.fromkeys(engines, 0.0), dict.fromkeys(engines, 0)
+    try:
+        for engine in engines.values():  # warm up (the first passes are slow)
+            _arrivals(engine, [engine.encode_prompt(PROMPTS[0])], [4], [0.0])
+        for _ in range(n):
+            ids = engines["off"].encode_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket(rng)[0]}])
+            for mode, engine in engines.items():
+                pieces, finished = [], threading.Event()
+
+                def emit(delta: str, last: dict | None, pieces=pieces, finished=finished, mode=mode) -> None:
+                    pieces.append(delta)
+                    if last is not None:
+                        produced[mode] += last["completion_tokens"]
+                        finished.set()
+
+                t0 = time.perf_counter()
+                engine.submit(Generation(prompt_ids=ids, max_tokens=tokens, emit=emit, temperature=0))
+                finished.wait()
+                spent[mode] += time.perf_counter() - t0
+                texts[mode].append("".join(pieces))
+    finally:
+        for engine in engines.values():
+            engine.close()
+    tps = {mode: produced[mode] / spent[mode] for mode in engines}
+    ngram = engines["ngram"]
+    same = sum(a == b for a, b in zip(texts["off"], texts["ngram"]))
+    print(f"speculative decoding, concurrency 1, {n} support tickets (demo traffic), up to {tokens} tokens: plain "
+          f"{tps['off']:,.1f} tokens/s, n-gram {tps['ngram']:,.1f} tokens/s ({tps['ngram'] / tps['off']:.2f}x) "
+          f"[target >= 1.5x]; drafts: {ngram.accepted}/{ngram.drafted} tokens accepted "
+          f"({ngram.accepted / max(ngram.drafted, 1):.0%}); identical outputs {same}/{n}")  # fmt: skip
 
 
 def load(client: openai.OpenAI, model: str, prompts: list[str], tokens: int, concurrency: int):
@@ -96,22 +218,28 @@ def main() -> None:
     (up_dir / "flywheel.toml").write_text(f'[gateway]\nmax_tokens = 256\n[serving]\nadapter_dirs = ["{work}"]\n'
                                           f'[routes.local]\nkind = "local"\npath = "{base}"\nmax_batch = 32\nmax_wait_ms = 5\n')
     key = make_keys(up_dir, "bench", role="admin")["bench"]  # admin: it loads adapters
-    up = Server(up_dir).start()
+    up = _start(Server(up_dir))
     gw_dir = work / "gateway"
     gw_dir.mkdir()
     (gw_dir / "flywheel.toml").write_text(f'[routes.remote]\nkind = "upstream"\nbase_url = "{up.url}/v1"\napi_key_env = "UP_KEY"\nmodel = "local"\n')
     gw_key = make_keys(gw_dir, "bench")["bench"]
-    gw = Server(gw_dir, env={"UP_KEY": key}).start()
+    gw = _start(Server(gw_dir, env={"UP_KEY": key}))
     try:
         client = openai.OpenAI(base_url=f"{up.url}/v1", api_key=key, max_retries=0, timeout=300)
         load(client, "local", PROMPTS[:8], 4, 8)  # warm up
         base_s, base_tokens = baseline(base, PROMPTS[:n_baseline], args.tokens)
         base_tps = base_tokens / base_s
         print(f"baseline: sequential model.generate, {n_baseline} prompts: {base_tps:,.1f} tokens/s")
+        static_s, static_tokens = static_batch(base, PROMPTS[:32], args.tokens)
+        static_tps = static_tokens / static_s
+        print(f"static batch: one model.generate of 32 prompts: {static_tps:,.1f} tokens/s ({static_tps / base_tps:.1f}x baseline)")
         for concurrency, n in zip((1, 8, 32), levels):
             tps, p50, p99 = load(client, "local", PROMPTS[:n], args.tokens, concurrency)
-            print(f"engine, concurrency {concurrency:>2}, {n} requests: {tps:,.1f} tokens/s ({tps / base_tps:.1f}x baseline), "
-                  f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")  # fmt: skip
+            print(f"engine, concurrency {concurrency:>2}, {n} requests: {tps:,.1f} tokens/s ({tps / base_tps:.1f}x baseline, "
+                  f"{tps / static_tps:.2f}x static batch), p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")  # fmt: skip
+        n_long, n_short, gap, n_spec = WORKLOADS["tiny" if args.base == "tiny" else "real"]
+        mixed_lengths(base, 4 * args.tokens, args.tokens // 4, n_long, n_short, gap)
+        speculation(base, n_spec, args.tokens)
 
         before = rss_mb(up.proc.pid)
         admin = httpx.Client(base_url=up.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
@@ -136,6 +264,23 @@ def main() -> None:
     finally:
         gw.stop()
         up.stop()
+
+
+def _start(server: Server) -> Server:
+    """Start `server`; on a busy machine a real model's server may take more than the tests' minute."""
+    try:
+        return server.start()
+    except RuntimeError:
+        if server.proc.poll() is not None:
+            raise
+    for _ in range(600):
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError(f"{server.url} did not come up")
 
 
 def _base(name: str, work: Path, home: Path) -> str:

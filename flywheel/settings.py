@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettin
 
 CONFIG_FILE = "flywheel.toml"
 DB_FILE = "flywheel.duckdb"
+LAKE_FILE = "flywheel.lake"  # the lake's locator (flywheel.store.lake)
 
 
 class IngestSettings(BaseModel):
@@ -59,7 +60,11 @@ class RouteSettings(BaseModel):
     usd_per_1k_prompt: float = Field(0.0, ge=0, description="Price per 1,000 prompt tokens, for recorded cost.")
     usd_per_1k_completion: float = Field(0.0, ge=0, description="Price per 1,000 completion tokens.")
     max_batch: int = Field(16, ge=1, description="local: most requests generated together.")
-    max_wait_ms: float = Field(5.0, ge=0, description="local: how long a batch waits to fill up.")
+    max_wait_ms: float = Field(5.0, ge=0, description="local: how long an idle engine waits for company "
+                               "for a first request (later ones join the running batch at the next step).")
+    speculative: Literal["off", "ngram"] = Field("off", description="local: speculative decoding of a greedy request "
+                                                 "decoding alone: off, or ngram (drafts the tokens that followed the last "
+                                                 "occurrence of its latest few tokens; the same output, fewer passes).")
     projects: list[str] | None = Field(None, description="Projects that may use this route (unset: every project).")
     redact_input: bool = Field(False, description="local: redact PII in prompts before the model sees them, as in "
                                "the (redacted) data it was trained on.")
@@ -146,6 +151,35 @@ class ProjectSettings(BaseModel):
     redact_pii: bool = Field(True, description="Replace PII with typed placeholders before storing.")
 
 
+class StoreSettings(BaseModel):
+    """Where the records live, under `[store]`: the DuckDB file in the data folder (one writer
+    process), or a DuckLake lake that several `flywheel serve` replicas write at once
+    (flywheel.store.lake; S3 keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently unset backend
+
+    kind: Literal["file", "lake"] = Field("file", description="file: <home>/flywheel.duckdb; lake: DuckLake, "
+                                          "with `catalog` and `data_path`.")
+    catalog: str | None = Field(None, description="lake: the catalog database, `sqlite:/path/catalog.sqlite` "
+                                "(one host) or `postgres:dbname=… host=… port=…` (several).")
+    data_path: str | None = Field(None, description="lake: where the Parquet files go, a folder or `s3://bucket/prefix/`.")
+    s3_endpoint: str | None = Field(None, description="lake on S3: host[:port] of an S3-compatible service "
+                                    "(unset: AWS).")
+    s3_region: str = Field("us-east-1", description="lake on S3: the bucket's region.")
+    s3_use_ssl: bool = Field(True, description="lake on S3: HTTPS to the endpoint.")
+    s3_url_style: Literal["vhost", "path"] = Field("vhost", description="lake on S3: `path` for most "
+                                                   "S3-compatible servers (MinIO, moto).")
+
+    @model_validator(mode="after")
+    def _lake_is_located(self) -> StoreSettings:
+        if self.kind == "lake":
+            if not self.catalog or not self.catalog.startswith(("sqlite:", "postgres:")):
+                raise ValueError("store.catalog: a lake needs `sqlite:/path` or `postgres:<libpq connection string>`")
+            if not self.data_path:
+                raise ValueError("store.data_path: a lake needs a folder or s3:// prefix for its data files")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything configurable in Flywheel."""
 
@@ -164,6 +198,7 @@ class Settings(BaseSettings):
     routes: dict[str, RouteSettings] = Field(default_factory=dict, description="Models the gateway serves.")
     tasks: dict[str, TaskSettings] = Field(default_factory=dict, description="Per task: how the loop turns.")
     evals: EvalsSettings = Field(default_factory=EvalsSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -189,7 +224,8 @@ class Settings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        return self.home / DB_FILE
+        """What `flywheel.store.connect` opens: the DuckDB file, or for a lake the file that says where the lake is."""
+        return self.home / (LAKE_FILE if self.store.kind == "lake" else DB_FILE)
 
     @property
     def url(self) -> str:

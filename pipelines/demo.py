@@ -1,19 +1,23 @@
 """`flywheel demo`: the whole loop on a simulated product, from a fresh folder, in minutes.
 
-The product is a support desk that routes tickets (flywheel.demo.world). Its app calls the
+The product is a support desk with two LLM features, two tasks of one project: a router that sends
+tickets to a queue (`support-triage`, flywheel.demo.world) and an agent that calls tools to look
+up, refund, re-address or escalate (`support-agent`, flywheel.demo.agent). Its app calls the
 Flywheel gateway with the official `openai` client; production starts on a *simulated* upstream
-provider (serving.simulated: a known error rate, latency and price), and simulated users and
-agents send feedback. The student (`student="smollm2"`, the default) is a LoRA adapter on a real
-pretrained base, SmolLM2-135M-Instruct (the embedded default, `flywheel.models.default_base`); the
-tests use `student="tiny"`, a from-scratch tiny model, fully fine-tuned. The local route serves the
-base, each turn's candidate is loaded beside the earlier ones as another adapter on the same engine,
-and before turn 1 the base itself is benchmarked zero-shot through the gateway (the table's first row). Each turn curates
-the recorded traffic, trains a student with TRL, benchmarks student vs production on a golden set
-through the gateway, and promotes only if the gate passes; the app's next traffic goes to
-whatever holds the alias then.
+provider (serving.simulated: known error rates, latency and price), and simulated users and
+reviewers send feedback. The students (`student="smollm2"`, the default) are LoRA adapters on a
+real pretrained base, SmolLM2-135M-Instruct (the embedded default, `flywheel.models.default_base`):
+one per task, all loaded beside each other on the one engine that serves the base (two experts,
+one base); the tests use `student="tiny"`, a from-scratch tiny model, fully fine-tuned. Before
+turn 1 the base itself is benchmarked zero-shot on the router's golden set (the table's first
+row). Each turn curates a task's recorded traffic, trains a student with TRL, benchmarks student vs
+production on the task's golden set through the gateway, and promotes only if the gate passes; the
+app's next traffic goes to whatever holds the alias then. The router turns the loop `turns` times;
+the agent, with `--agent`, once, in turn 1 (its prompts carry the tools, ≈440 tokens against ≈70,
+so a step of its training costs several of the router's; off by default until its student wins).
 
-The SmolLM2 sizes (requests per turn, training steps, golden set, max_tokens) give two turns in
-about 10 minutes on 2 quiet CPU cores, the base's import included (measured; the aim is 6).
+The SmolLM2 sizes (requests per turn, training steps, golden sets, max_tokens) are chosen to keep
+the whole demo within minutes on 2 CPU cores, the base's import included (README: the figures).
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ import random
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -34,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flywheel import store
+from flywheel.demo import agent
 from flywheel.demo.world import (
     QUEUES,
     SYSTEM,
@@ -51,38 +59,90 @@ from serving.app import in_thread, running
 
 PROJECT = "demo"
 INCUMBENT = Incumbent(latency_ms=400.0)  # simulated; kept short so the demo stays quick
-# student -> (app requests per turn, golden benchmark examples). ~1/3 of the requests come back
-# verified (thumbs up or an agent's correction); at 100 golden tickets the CI of a 0.18 accuracy gap
-# stays clear of 0. The tiny model keeps the sizes its README table was measured with.
+AGENT_INCUMBENT = agent.AgentIncumbent(latency_ms=450.0)  # likewise (its rates are the defaults)
+# student -> (app requests per turn, golden benchmark examples), for the router. ~1/3 of the
+# requests come back verified (thumbs up or an agent's correction); at 100 golden tickets the CI of
+# a 0.18 accuracy gap stays clear of 0. The tiny model keeps the sizes its README table was measured with.
 STUDENTS = {"tiny": (600, 200), "smollm2": (300, 100)}
+# student -> (the agent's requests in its turn, its golden examples, its requests after the loop).
+# Its traffic goes to the simulated provider (seconds), so it can be generous: ~200 verified examples.
+AGENT_SIZES = {"tiny": (300, 60, 16), "smollm2": (600, 100, 32)}
 MAX_TOKENS = 8  # a queue name is 1-2 tokens; the zero-shot base gets room for the start of a sentence
+AGENT_MAX_TOKENS = 48  # the longest right call (update_address) is ≈46 SmolLM2 tokens
 APP_CONCURRENCY = 32  # the app's parallel calls (= the local route's max_batch: full batches)
 
-# The student recipes the demo writes to <home>/recipes/student.yaml.
+# The student recipes the demo writes to <home>/recipes/.
 # SmolLM2: the `sft` default (LoRA on the top 8 layers, completion-only loss, lr 1e-3, 4 examples per
 # update), bounded in steps rather than epochs so a turn trains in about a minute on 2 cores however
 # much verified traffic it gathered. What counts is the number of updates: on turn 1's 85 verified
 # examples, 14 updates of 16 left the student answering `refund` or nothing (golden accuracy 7%),
-# 56 updates of 4 (the same 224 examples seen, the same compute) reached 95%.
+# 56 updates of 4 (the same 224 examples seen, the same compute) reached 95%. 40 updates were tried
+# (the loss was ≈0.2 by update 32): on turn 1 that student was worse than the incumbent (benchmark
+# diff CI [-0.35, -0.09]), so 56 it stays.
 SMOLLM2_RECIPE = """# written by `flywheel demo`: the `sft` default's shape, bounded in steps so a turn fits the demo
 method: sft
-lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear, top_layers: 8}
+lora: {{r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear, top_layers: 8}}
 learning_rate: 1.0e-3
-max_steps: 56
+max_steps: {steps}
 per_device_train_batch_size: 4
-max_length: 256
+max_length: {max_length}
 assistant_only_loss: false
 completion_only_loss: true
 warmup_ratio: 0.1
 eval_split: eval
-exact_match_samples: 16
-max_new_tokens: 4
+exact_match_samples: {samples}
+max_new_tokens: {new_tokens}
 logging_steps: 8
 seed: 0
 """
 # The tiny from-scratch model: the sft-full default, with more epochs for little data.
-TINY_RECIPE = ("method: sft\nlora: null\nlearning_rate: 3.0e-3\nnum_train_epochs: 30\nper_device_train_batch_size: 16\n"
-               "max_length: 256\nassistant_only_loss: true\nwarmup_ratio: 0.05\neval_split: eval\nseed: 0\n")  # fmt: skip
+TINY_RECIPE = ("method: sft\nlora: null\nlearning_rate: 3.0e-3\nnum_train_epochs: {epochs}\nper_device_train_batch_size: 16\n"
+               "max_length: {max_length}\nassistant_only_loss: true\nwarmup_ratio: 0.05\neval_split: eval\nseed: 0\n")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Desk:
+    """One task of the simulated support desk, as the demo drives it: what the app asks, what
+    counts as right, and what its users say about an answer."""
+
+    task: str
+    system: str
+    tools: list[dict] | None
+    max_tokens: int
+    ask: Callable[[random.Random], tuple[str, Any]]  # -> (the user's text, the truth)
+    right: Callable[[Any, str, list[dict]], bool]  # (truth, answer text, answer calls)
+    feedback: Callable[[random.Random, str, Any, str, list[dict]], dict | None]  # (rng, interaction id, truth, text, calls)
+    recipes: dict[str, str]  # student -> recipe text
+    seed: int  # of the app's traffic, per turn: seed + turn
+
+
+TRIAGE = Desk(
+    TASK, SYSTEM, None, MAX_TOKENS, ticket,
+    right=lambda truth, text, _calls: text.strip() == truth,
+    feedback=lambda rng, iid, truth, text, _calls: user_feedback(rng, iid, truth, text),
+    recipes={"smollm2": SMOLLM2_RECIPE.format(steps=56, max_length=256, samples=16, new_tokens=4),
+             "tiny": TINY_RECIPE.format(epochs=30, max_length=256)},
+    seed=0,
+)  # fmt: skip
+
+
+def _agent_ask(rng: random.Random) -> tuple[str, tuple[list[dict], str | None]]:
+    text, want, reply = agent.request(rng)
+    return text, (want, reply)
+
+
+# The agent's student: 32 updates of 4 (its examples are ≈6x the router's in tokens), and no
+# greedy exact-match pass at the end of training (the benchmark right after measures the calls).
+AGENT = Desk(
+    agent.TASK, agent.SYSTEM, agent.TOOLS, AGENT_MAX_TOKENS,
+    ask=_agent_ask,
+    right=lambda truth, _text, calls: agent.right(calls, truth[0]),
+    feedback=lambda rng, iid, truth, _text, calls: agent.user_feedback(rng, iid, truth[0], truth[1], calls),
+    recipes={"smollm2": SMOLLM2_RECIPE.format(steps=32, max_length=640, samples=0, new_tokens=48),
+             "tiny": TINY_RECIPE.format(epochs=3, max_length=1024)},
+    seed=1000,
+)  # fmt: skip
+DESKS = (TRIAGE, AGENT)
 
 
 def _free_port() -> int:
@@ -91,9 +151,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(home: Path, provider_url: str, base: Path) -> str:
+def _task_config(home: Path, desk: Desk, base: Path) -> str:
+    return f"""
+[tasks.{desk.task}]
+project = "{PROJECT}"
+recipe = "{home / 'recipes' / f'{desk.task}.yaml'}"
+base_model = "{base}"
+benchmark = "{home / 'benchmarks' / f'{desk.task}.yaml'}"
+route = "student"
+# only verified answers: corrections and thumbs-up (the incumbent's unrated answers are ~20% wrong)
+curation = {{ min_examples = 50, keep_unlabelled = false }}
+"""
+
+
+def _config(home: Path, provider_url: str, base: Path, desks: tuple[Desk, ...]) -> str:
     return f"""# written by `flywheel demo`
-[routes.incumbent]          # SIMULATED upstream provider: {INCUMBENT.error_rate:.0%} wrong routes
+[routes.incumbent]          # SIMULATED upstream provider: {INCUMBENT.error_rate:.0%} wrong routes; as the agent {1 - AGENT_INCUMBENT.expected_accuracy():.0%} wrong calls
 kind = "upstream"
 base_url = "{provider_url}/v1"
 retries = 1
@@ -105,40 +178,40 @@ kind = "local"
 path = "{base}"
 max_batch = {APP_CONCURRENCY}
 max_wait_ms = 20            # let concurrent calls fill a batch
-redact_input = true         # the student learned on redacted tickets
+redact_input = true         # the students learned on redacted requests
 usd_per_1k_prompt = 0.0002  # a small CPU box, per token
 usd_per_1k_completion = 0.0004
-
-[tasks.{TASK}]
-project = "{PROJECT}"
-recipe = "{home / 'recipes' / 'student.yaml'}"
-base_model = "{base}"
-benchmark = "{home / 'benchmarks' / 'golden.yaml'}"
-route = "student"
-# only verified answers: corrections and thumbs-up (the incumbent's unrated answers are ~18% wrong)
-curation = {{ min_examples = 50, keep_unlabelled = false }}
-"""
+""" + "".join(_task_config(home, desk, base) for desk in desks)
 
 
-def _benchmark(home: Path, n: int) -> None:
+def _benchmark(home: Path, desk: Desk, n: int) -> None:
     folder = home / "benchmarks"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "golden.jsonl").write_bytes(b"\n".join(msgspec.json.encode(r) for r in golden(n)))
-    (folder / "golden.yaml").write_text(
-        f"name: {TASK}-golden\ndescription: {n} tickets labelled by agents (simulated)\n"
-        f"source: {{golden: golden.jsonl}}\nsampling: {{max_tokens: {MAX_TOKENS}, temperature: 0}}\n"
-        f"metrics:\n  - {{type: accuracy, labels: [{', '.join(QUEUES)}]}}\n"
+    rows = golden(n) if desk is TRIAGE else agent.golden(n)
+    (folder / f"{desk.task}.jsonl").write_bytes(b"\n".join(msgspec.json.encode(r) for r in rows))
+    if desk is TRIAGE:
+        about, metrics = "tickets labelled by agents", f"  - {{type: accuracy, labels: [{', '.join(QUEUES)}]}}\n"
+    else:  # call accuracy first: the table's figure and the charts' primary metric
+        about = "requests with the right tool call (or none) checked by reviewers"
+        metrics = ("  - {type: tool_call_args_typed, name: call_accuracy}\n  - {type: tool_call_name, name: tool_name}\n"
+                   "  - {type: tool_call_irrelevance, name: irrelevance}\n")  # fmt: skip
+    (folder / f"{desk.task}.yaml").write_text(
+        f"name: {desk.task}-golden\ndescription: {n} {about} (simulated)\n"
+        f"source: {{golden: {desk.task}.jsonl}}\nsampling: {{max_tokens: {desk.max_tokens}, temperature: 0}}\n"
+        f"metrics:\n{metrics}"
     )
 
 
 def _base(home: Path, student: str, console: Console) -> Path:
-    """The student's base model: the embedded SmolLM2 (imported into the folder once), or a tiny one."""
+    """The students' base model: the embedded SmolLM2 (imported into the folder once), or a tiny one."""
     if student == "tiny":
+        from flywheel import tools
         from flywheel.demo.tiny import build_tiny_model
 
         rng = random.Random(7)
-        texts = [SYSTEM, *QUEUES, *(ticket(rng)[0] for _ in range(400))]
-        return build_tiny_model(home / "models" / "base", texts, hidden=64, layers=2, max_length=256)
+        texts = [SYSTEM, *QUEUES, *(ticket(rng)[0] for _ in range(400)), agent.SYSTEM, tools.TOOLS_PREAMBLE,
+                 *(msgspec.json.encode(t).decode() for t in agent.TOOLS), *(agent.request(rng)[0] for _ in range(200))]  # fmt: skip
+        return build_tiny_model(home / "models" / "base", texts, hidden=64, layers=2, max_length=1024)
     from flywheel.models import DEFAULT_BASE, default_base, get_model
 
     if get_model(home, DEFAULT_BASE) is not None:
@@ -167,35 +240,37 @@ def _reset(home: Path) -> None:
         parked.rename(kept)
 
 
-def _app_traffic(url: str, key: str, turn: int, n: int) -> dict:
-    """The simulated app: n tickets through the gateway, then its users' feedback."""
+def _app_traffic(url: str, key: str, desk: Desk, turn: int, n: int) -> dict:
+    """The simulated app: n requests of one feature through the gateway, then its users' feedback."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=2, timeout=600)
-    rng = random.Random(turn)
-    tickets = [(*ticket(rng), f"user-{rng.randint(1, 500)}") for _ in range(n)]
+    rng = random.Random(desk.seed + turn)
+    requests = [(*desk.ask(rng), f"user-{rng.randint(1, 500)}") for _ in range(n)]
 
     def call(item):
         text, truth, user = item
         raw = client.chat.completions.with_raw_response.create(
-            model=TASK, messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
-            max_tokens=MAX_TOKENS, temperature=0, user=user)  # fmt: skip
+            model=desk.task, messages=[{"role": "system", "content": desk.system}, {"role": "user", "content": text}],
+            max_tokens=desk.max_tokens, temperature=0, user=user, **({"tools": desk.tools} if desk.tools else {}))  # fmt: skip
         answer = raw.parse()
-        return raw.headers["x-flywheel-interaction-id"], truth, answer.choices[0].message.content or "", answer.model
+        message = answer.choices[0].message
+        calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in message.tool_calls or []]
+        return raw.headers["x-flywheel-interaction-id"], truth, message.content or "", calls, answer.model
 
     started = time.perf_counter()
     with ThreadPoolExecutor(APP_CONCURRENCY) as pool:
-        answers = list(pool.map(call, tickets))
+        answers = list(pool.map(call, requests))
     seconds = time.perf_counter() - started
-    feedback = [f for iid, truth, answer, _ in answers if (f := user_feedback(rng, iid, truth, answer))]
+    feedback = [f for iid, truth, text, calls, _ in answers if (f := desk.feedback(rng, iid, truth, text, calls))]
     httpx.post(f"{url}/v1/feedback", json={"feedback": feedback}, headers={"Authorization": f"Bearer {key}"},
                timeout=60).raise_for_status()  # fmt: skip
-    right = sum(answer.strip() == truth for _, truth, answer, _ in answers)
-    return {"requests": n, "live_accuracy": right / n, "served_by": answers[-1][3], "feedback": len(feedback),
+    right = sum(desk.right(truth, text, calls) for _, truth, text, calls, _ in answers)
+    return {"requests": n, "live_accuracy": right / n, "served_by": answers[-1][4], "feedback": len(feedback),
             "seconds": seconds}  # fmt: skip
 
 
 def _zero_shot(settings: Settings, url: str, key: str, base_name: str) -> dict:
     """The base model itself, benchmarked through the gateway (route `student`, no adapter) against
-    the incumbent: where the student starts from."""
+    the incumbent on the router's golden set: where the students start from."""
     from evals import EndpointSampler, evaluate
     from pipelines.loop import _prices
 
@@ -208,7 +283,7 @@ def _zero_shot(settings: Settings, url: str, key: str, base_name: str) -> dict:
                       baseline_sampler=baseline)  # fmt: skip
     v = report.verdicts
     return {
-        "turn": "0 (the base, zero-shot)", "candidate": f"{base_name} (base, zero-shot)",
+        "task": TASK, "turn": "0 (the base, zero-shot)", "candidate": f"{base_name} (base, zero-shot)",
         "comparisons": [{"metric": x.metric, "dimension": x.dimension, "candidate": x.candidate, "incumbent": x.incumbent,
                          "diff": x.diff, "ci_low": x.ci_low, "ci_high": x.ci_high, "verdict": x.verdict}
                         for x in (v.comparisons if v else [])],
@@ -221,7 +296,7 @@ def _zero_shot(settings: Settings, url: str, key: str, base_name: str) -> dict:
 
 def _quality(comparisons: list[dict]) -> str:
     q = next((c for c in comparisons if c["dimension"] == "quality"), None)
-    return (f"{q['candidate']:.3f} vs {q['incumbent']:.3f} (diff CI [{q['ci_low']:+.3f}, {q['ci_high']:+.3f}])"
+    return (f"{q['metric']} {q['candidate']:.3f} vs {q['incumbent']:.3f} (diff CI [{q['ci_low']:+.3f}, {q['ci_high']:+.3f}])"
             if q else "-")  # fmt: skip
 
 
@@ -234,16 +309,16 @@ def _evidence(ev: dict) -> tuple[str, str]:
 
 def _zero_shot_row(z: dict) -> dict:
     p95, cost = _evidence(z["evidence"])
-    return {"turn": "0", "served_by": "-", "live_accuracy": "-", "dataset": "-", "candidate": z["candidate"],
+    return {"task": TASK, "turn": "0", "served_by": "-", "live_accuracy": "-", "dataset": "-", "candidate": z["candidate"],
             "benchmark quality": _quality(z["comparisons"]), "p95 ms": p95, "cost / 1k req": cost,
             "decision": "the starting point: the base before any training (not a candidate)"}  # fmt: skip
 
 
-def _row(i: int, live: dict, turn: dict) -> dict:
+def _row(desk: Desk, i: int, live: dict, turn: dict) -> dict:
     counts = (turn["dataset"] or {}).get("counts", {})
     p95, cost = _evidence(turn["evidence"])
     return {
-        "turn": str(i), "served_by": live["served_by"], "live_accuracy": f"{live['live_accuracy']:.1%}",
+        "task": desk.task, "turn": str(i), "served_by": live["served_by"], "live_accuracy": f"{live['live_accuracy']:.1%}",
         "dataset": f"{counts.get('train', '?')} train ex", "candidate": (turn["candidate"] or {}).get("id", "-"),
         "benchmark quality": _quality(turn["comparisons"]), "p95 ms": p95, "cost / 1k req": cost,
         "decision": ("promote: " if turn["promoted"] else "refuse: ") + "; ".join(turn["reasons"]),
@@ -254,33 +329,40 @@ def _adapters(url: str, key: str) -> list[str]:
     """The candidates the gateway can call now (adapters beside the base on the local engine)."""
     r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=60)
     r.raise_for_status()
-    return [m["id"] for m in r.json()["data"] if m["id"] not in ("incumbent", "student") and not m["id"].startswith(TASK)]
+    aliases = tuple(desk.task for desk in DESKS)
+    return [m["id"] for m in r.json()["data"] if m["id"] not in ("incumbent", "student") and not m["id"].startswith(aliases)]
 
 
-def _html(rows: list[dict], turns: list[dict], path: Path) -> None:
+def _html(rows: list[dict], turns: list[dict], path: Path, desks: tuple[Desk, ...]) -> None:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
     def rel(target: str) -> str:  # links that work wherever the folder is opened from
         return os.path.relpath(Path(target).resolve(), path.parent.resolve())
 
-    charts = "".join(f'<h3>turn {t["turn"]}</h3><p><a href="{rel(t["report"])}">benchmark report</a></p>'
+    charts = "".join(f'<h3>{html.escape(t["task"])}, turn {t["turn"]}</h3><p><a href="{rel(t["report"])}">benchmark report</a></p>'
                      + "".join(f'<img src="{rel(c)}" width="420">' for c in t["charts"])
                      for t in turns if t["report"])  # fmt: skip
     path.write_text(f"<html><head><meta charset='utf-8'><title>Flywheel demo</title></head><body>"
-                    f"<h1>Flywheel demo: {TASK}</h1><p>The incumbent is a SIMULATED provider "
-                    f"({INCUMBENT.error_rate:.0%} wrong routes, {INCUMBENT.latency_ms:.0f} ms, declared prices).</p>"
+                    f"<h1>Flywheel demo: {', '.join(d.task for d in desks)}</h1><p>The incumbent is a SIMULATED provider "
+                    f"({INCUMBENT.error_rate:.0%} wrong routes; as the agent {AGENT_INCUMBENT.wrong_tool:.0%} wrong tool, "
+                    f"{AGENT_INCUMBENT.wrong_argument:.0%} wrong argument, {AGENT_INCUMBENT.needless_call:.0%} needless calls; "
+                    f"declared latency and prices).</p>"
                     f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table>{charts}</body></html>")  # fmt: skip
 
 
 def run_demo(home: Path, *, turns: int = 2, per_turn: int | None = None, golden_size: int | None = None,
-             student: str = "smollm2", console: Console | None = None) -> list[dict]:
-    """Turn the loop `turns` times on the simulated support desk; return the summary rows (for
-    SmolLM2 the zero-shot base first, then one per turn). `student`: "smollm2" (LoRA adapters on the
-    embedded SmolLM2-135M-Instruct) or "tiny" (a from-scratch tiny model, fully fine-tuned: seconds
-    per turn, for tests)."""
+             student: str = "smollm2", with_agent: bool = False, console: Console | None = None) -> list[dict]:
+    """Turn the loop on the simulated support desk: the router `turns` times, the agent once (in
+    turn 1); return the summary rows (for SmolLM2 the router's zero-shot base first, then one per
+    task and turn). `per_turn` and `golden_size` size the router's turns. `student`: "smollm2" (LoRA
+    adapters on the embedded SmolLM2-135M-Instruct) or "tiny" (a from-scratch tiny model, fully
+    fine-tuned: seconds per turn, for tests). `with_agent`: the agent too; off by default until its
+    student wins its gate (measured: SmolLM2, 32 updates of 4 lost to the incumbent on call accuracy,
+    and its long prompts make each update ≈3-6x a router update)."""
     if student not in STUDENTS:
         raise ValueError(f"student: expected one of {', '.join(STUDENTS)}, got {student!r}")
     per_turn, golden_size = per_turn or STUDENTS[student][0], golden_size or STUDENTS[student][1]
+    agent_requests, agent_golden, agent_final = AGENT_SIZES[student]
     console = console or Console()
     started = time.perf_counter()
     _reset(home)
@@ -293,22 +375,32 @@ def run_demo(home: Path, *, turns: int = 2, per_turn: int | None = None, golden_
     # Its temporary server starts while training and the engine share the CPU: 20 s (the default) was too short.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from pipelines.turn import flywheel_flow
-    console.print(f"[bold]Flywheel demo[/] in {home}: a support desk routing tickets ({', '.join(QUEUES)})")
+    console.print(f"[bold]Flywheel demo[/] in {home}: a support desk that routes tickets ({', '.join(QUEUES)}) "
+                  f"and an agent that calls tools ({', '.join(agent.TOOL_NAMES)})")  # fmt: skip
+    a = AGENT_INCUMBENT
     console.print(f"production starts on [italic]{INCUMBENT.name}[/], a SIMULATED provider: "
-                  f"{INCUMBENT.error_rate:.0%} wrong routes, ~{INCUMBENT.latency_ms:.0f} ms, declared prices")  # fmt: skip
+                  f"{INCUMBENT.error_rate:.0%} wrong routes; as the agent, on requests that need a tool {a.wrong_tool:.0%} "
+                  f"wrong tool and {a.wrong_argument:.0%} a wrong argument, on those that need none {a.needless_call:.0%} "
+                  f"a call anyway ({1 - a.expected_accuracy():.0%} of calls wrong); ~{INCUMBENT.latency_ms:.0f} ms, declared prices")  # fmt: skip
     base = _base(home, student, console)
     base_name = "tiny from-scratch model" if student == "tiny" else base.name
-    _benchmark(home, golden_size)
+    _benchmark(home, TRIAGE, golden_size)
+    desks = (TRIAGE, AGENT) if with_agent else (TRIAGE,)
+    if with_agent:
+        _benchmark(home, AGENT, agent_golden)
     (home / "recipes").mkdir(exist_ok=True)
-    (home / "recipes" / "student.yaml").write_text(TINY_RECIPE if student == "tiny" else SMOLLM2_RECIPE)
-    rows, done = [], []
-    with in_thread(simulated.create_app(INCUMBENT)) as provider_url:
-        (home / "flywheel.toml").write_text(f"port = {_free_port()}\n" + _config(home, provider_url, base))
+    for desk in desks:
+        (home / "recipes" / f"{desk.task}.yaml").write_text(desk.recipes[student])
+    rows, done, first = [], [], {}
+    with in_thread(simulated.create_app(INCUMBENT, agent=AGENT_INCUMBENT)) as provider_url:
+        (home / "flywheel.toml").write_text(f"port = {_free_port()}\n" + _config(home, provider_url, base, desks))
         settings = load_settings(home)
         with store.connect(settings.db_path) as con:
-            assign(con, project=PROJECT, task=TASK, alias="production", model="incumbent", reason="the app's provider today")
+            for desk in desks:
+                assign(con, project=PROJECT, task=desk.task, alias="production", model="incumbent", reason="the app's provider today")
         with service_key(settings, PROJECT) as key, running(settings) as url:  # running: the engine loads the base
-            console.print(f"gateway at {url}; the app's OpenAI client now uses base_url={url}/v1, model={TASK!r}")
+            console.print(f"gateway at {url}; the app's OpenAI client now uses base_url={url}/v1, "
+                          f"model={TASK!r} or {agent.TASK!r}")  # fmt: skip
             if student != "tiny":  # where a pretrained student starts from (a from-scratch one knows nothing)
                 with console.status(f"turn 0: benchmarking the base ({base_name}) zero-shot on {golden_size} golden tickets"):
                     zero = _zero_shot(settings, url, key, base_name)
@@ -316,30 +408,35 @@ def run_demo(home: Path, *, turns: int = 2, per_turn: int | None = None, golden_
                 done.append(zero)
                 console.print(f"turn 0: the base, zero-shot: {rows[-1]['benchmark quality']}")
             for i in range(1, turns + 1):
-                with console.status(f"turn {i}: the app sends {per_turn} tickets through the gateway"):
-                    live = _app_traffic(url, key, i, per_turn)
-                console.print(f"turn {i}: {per_turn} tickets answered by [bold]{live['served_by']}[/] in "
-                              f"{live['seconds']:.0f} s (live accuracy {live['live_accuracy']:.1%}), "
-                              f"{live['feedback']} feedback items")  # fmt: skip
-                with console.status(f"turn {i}: the `flywheel` Prefect flow: curate → train → benchmark → gate"):
-                    turn = flywheel_flow(task=TASK, data_dir=str(home))
-                rows.append(_row(i, live, turn))
-                done.append({**turn, "turn": i})
-                console.print(f"turn {i}: {rows[-1]['decision']}")
+                for desk, n in ((TRIAGE, per_turn), (AGENT, agent_requests))[: len(desks) if i == 1 else 1]:
+                    with console.status(f"turn {i}: the app sends {n} {desk.task} requests through the gateway"):
+                        live = _app_traffic(url, key, desk, i, n)
+                    first.setdefault(desk.task, live)
+                    console.print(f"turn {i}: {n} {desk.task} requests answered by [bold]{live['served_by']}[/] in "
+                                  f"{live['seconds']:.0f} s (live accuracy {live['live_accuracy']:.1%}), "
+                                  f"{live['feedback']} feedback items")  # fmt: skip
+                    with console.status(f"turn {i}: the `flywheel` Prefect flow for {desk.task}: curate → train → benchmark → gate"):
+                        turn = flywheel_flow(task=desk.task, data_dir=str(home))
+                    rows.append(_row(desk, i, live, turn))
+                    done.append({**turn, "task": desk.task, "turn": i})
+                    console.print(f"turn {i}: {desk.task}: {rows[-1]['decision']}")
                 console.print(f"turn {i}: the local engine holds the base + adapters {_adapters(url, key) or 'none'}")
-            with console.status(f"the app sends {per_turn // 2} more tickets"):
-                final = _app_traffic(url, key, turns + 1, per_turn // 2)
-    table = Table(title=f"{TASK}: every turn of the loop (incumbent = SIMULATED provider; student = LoRA on {base_name})"
-                  if student != "tiny" else f"{TASK}: every turn of the loop (incumbent = SIMULATED provider)")  # fmt: skip
+            finals = {}
+            for desk, n in ((TRIAGE, per_turn // 2), (AGENT, agent_final))[: len(desks)]:
+                with console.status(f"the app sends {n} more {desk.task} requests"):
+                    finals[desk.task] = _app_traffic(url, key, desk, turns + 1, n)
+    title = f"the support desk: every turn of the loop, {' and '.join(d.task for d in desks)} (incumbent = SIMULATED provider"
+    table = Table(title=title + (f"; students = LoRA adapters on {base_name}, one engine)" if student != "tiny" else ")"))
     for column in rows[0]:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     Console(width=max(180, console.width)).print(table)
-    console.print(f"after the loop the app is served by [bold]{final['served_by']}[/]: live accuracy "
-                  f"{final['live_accuracy']:.1%} (it started at {rows[1]['live_accuracy'] if len(rows) > 1 else '-'})")  # fmt: skip
+    for task, final in finals.items():
+        console.print(f"after the loop {task} is served by [bold]{final['served_by']}[/]: live accuracy "
+                      f"{final['live_accuracy']:.1%} (it started at {first[task]['live_accuracy']:.1%})")  # fmt: skip
     report = home / "reports" / "demo.html"
     report.parent.mkdir(parents=True, exist_ok=True)
-    _html(rows, done, report)
+    _html(rows, done, report, desks)
     console.print(f"report: {report}   ({time.perf_counter() - started:.0f} s in all)")
     return rows

@@ -5,7 +5,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import httpx
 from prefect.artifacts import create_markdown_artifact
+
+from flywheel import store
+from flywheel.curate.config import CurationError
+
+# Not transient, although they are OSErrors: a missing or unreadable path stays missing.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def transient(exc: BaseException | None) -> bool:
+    """True when the failure (or what caused it) is I/O that may well succeed on a second try: the
+    store held by another process, the service briefly unreachable, a full disk."""
+    while exc is not None:
+        if isinstance(exc, store.StoreBusy | httpx.TransportError):
+            return True
+        if isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS):
+            return True
+        if isinstance(exc, CurationError):
+            return False
+        exc = exc.__cause__
+    return False
 
 
 def retry_when(transient: Callable[[BaseException], bool]) -> Callable:
@@ -24,6 +45,9 @@ def retry_when(transient: Callable[[BaseException], bool]) -> Callable:
 def retry_unless(*permanent: type[BaseException]) -> Callable:
     """A `retry_condition_fn` that retries any failure except the `permanent` kinds."""
     return retry_when(lambda exc: not isinstance(exc, permanent))
+
+
+retry_io = retry_when(transient)
 
 
 def publish_markdown(prefix: str, task: str, markdown: str, description: str) -> None:

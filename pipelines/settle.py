@@ -17,29 +17,19 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flywheel import store
 from flywheel.registry.canary import Settlement, settle
 from flywheel.settings import Settings, load_settings
 from flywheel.task import Task, resolve_task
 from pipelines.loop import service_loader
-from pipelines.retries import publish_markdown, retry_when
+from pipelines.retries import publish_markdown, retry_io
 
 SETTLE_DEPLOYMENT = "settle"
 
 
-def _transient(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, store.StoreBusy | httpx.TransportError):
-            return True
-        exc = exc.__cause__
-    return False
-
-
-@task(name="settle-canary", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_when(_transient),
+@task(name="settle-canary", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_io,
       cache_policy=NO_CACHE)  # fmt: skip
 def settle_task(settings: Settings, task: Task) -> Settlement:
     return settle(settings, task, load=service_loader(settings, task))

@@ -24,12 +24,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flywheel import store
-from flywheel.curate.config import CurationError, DatasetVersion
+from flywheel.curate.config import DatasetVersion
 from flywheel.settings import Settings, load_settings
 from flywheel.task import Task, resolve_task
 from flywheel.train.run import Candidate
@@ -41,28 +40,9 @@ from pipelines.loop import (
     service_key,
     train_stage,
 )
-from pipelines.retries import publish_markdown, retry_when
+from pipelines.retries import publish_markdown, retry_io
 
 TRIGGER_DEPLOYMENT = "feedback-trigger"
-
-# Not transient, although they are OSErrors: a missing or unreadable path stays missing.
-_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-
-
-def _transient(exc: BaseException | None) -> bool:
-    """True when the failure (or what caused it) is I/O that may well succeed on a second try."""
-    while exc is not None:
-        if isinstance(exc, store.StoreBusy | httpx.TransportError):
-            return True
-        if isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS):
-            return True
-        if isinstance(exc, CurationError):
-            return False
-        exc = exc.__cause__
-    return False
-
-
-_retry_io = retry_when(_transient)
 
 
 def deployment_name(task_name: str) -> str:
@@ -73,7 +53,7 @@ def deployment_name(task_name: str) -> str:
 # would silently replay an old turn (and Settings need not be hashable).
 
 
-@task(name="curate", retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
+@task(name="curate", retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=retry_io, cache_policy=NO_CACHE)
 def curate_task(settings: Settings, task: Task) -> DatasetVersion:
     return curate_stage(settings, task)
 
@@ -83,7 +63,7 @@ def train_task(settings: Settings, task: Task, dataset: DatasetVersion) -> Candi
     return train_stage(settings, task, dataset)
 
 
-@task(name="evaluate", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retry_io, cache_policy=NO_CACHE)
+@task(name="evaluate", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_io, cache_policy=NO_CACHE)
 def evaluate_task(settings: Settings, task: Task, dataset: DatasetVersion, candidate: Candidate, key: str) -> Turn:
     return evaluate_stage(settings, task, dataset, candidate, key=key)
 

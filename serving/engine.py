@@ -1,11 +1,16 @@
-"""The local inference engine: one Hugging Face causal LM, many LoRA adapters, dynamic batching.
+"""The local inference engine: one Hugging Face causal LM, many LoRA adapters, continuous batching.
 
-Requests that arrive together (up to `max_batch`, waiting at most `max_wait_ms` for company) are
-decoded together, one step at a time, so each request streams its tokens as they come. Rows for
-different adapters share the base model in one batch (PEFT's per-row `adapter_names`). A row
-that finishes or whose client goes away leaves the batch at once (its KV cache rows are dropped).
-Adapter loads and unloads run in the engine thread between two batches, so they never race a
-forward pass and an in-flight request never fails because of them.
+Requests are decoded together, one step at a time, so each request streams its tokens as they come.
+A request joins the running batch at the next step (up to `max_batch` rows in all; an idle engine
+waits at most `max_wait_ms` for company first): the newcomers are prefilled together and their KV
+cache merged into the running one (serving.batch). A row that finishes or whose client goes away
+leaves the batch at once. Rows for different adapters share the base model in one batch (PEFT's
+per-row `adapter_names`); a whole model batches only with itself. Adapter loads and unloads run in
+the engine thread between two steps, so they never race a forward pass, and an unload waits for
+the running rows that use its adapter, so an in-flight request never fails because of it.
+
+A greedy request decoding alone may speculate (`speculative = "ngram"`, serving.speculate): several
+tokens per forward pass, the same output.
 
 A request may carry a grammar (serving.constrain: tool calls it must make, a JSON schema its answer
 must follow): its row's logits are masked at every step to the tokens that keep the output valid.
@@ -21,12 +26,14 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel.tools import render
+from serving.batch import Batch, last_logits_only, merge, prefill
 from serving.constrain import Constraint, Grammars
 from serving.model_check import (
     ModelLoadError,
@@ -37,9 +44,9 @@ from serving.model_check import (
     is_adapter,
     read_adapter,
 )
+from serving.speculate import MODES, accept, ngram_draft
 
 log = logging.getLogger("flywheel.engine")
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 # A temperature below this decodes greedily, as in vLLM: it is the limit of sampling as the
 # temperature goes to 0, and dividing the logits by, say, 1e-300 would overflow them.
 GREEDY_BELOW = 1e-5
@@ -77,13 +84,20 @@ class _Row:
 
 class Engine:
     def __init__(self, path: str, *, adapters: dict[str, str] | None = None, max_batch: int = 16,
-                 max_wait_ms: float = 5.0, route: str = "local", home: Path | None = None):
+                 max_wait_ms: float = 5.0, route: str = "local", home: Path | None = None,
+                 speculative: str = "off", join_running: bool = True):
+        """`join_running` False keeps newcomers waiting until the running batch has finished (static
+        batching, as before continuous batching), for the benchmark's comparison."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if speculative not in MODES:
+            raise ValueError(f"speculative: expected one of {', '.join(MODES)}, got {speculative!r}")
         self.path, self.route, self.home = path, route, home
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
+        self.speculative, self.join_running = speculative, join_running
+        self.drafted = self.accepted = 0  # draft tokens proposed, and accepted by the model (speculation)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if Path(path).exists():  # (else a cached model id, as from_pretrained takes it)
             check_whole_model(path)
@@ -107,7 +121,12 @@ class Engine:
             except (OSError, ValueError) as exc:  # the route serves on; the service reports this one
                 self.failed[name] = str(exc)
         self._requests: queue.Queue[Generation] = queue.Queue()
-        self._admin: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()
+        # adapter commands: (what to run, its caller's future, the adapter it unloads or None)
+        self._admin: queue.Queue[tuple[Callable[[], object], Future, str | None]] = queue.Queue()
+        self._commands: deque = deque()  # taken from `_admin`, not run yet (an unload waiting for its rows)
+        self._unloading: set[str] = set()  # adapters whose unload waits: their newcomers wait too
+        self._waiting: deque[Generation] = deque()  # submitted, not yet in a batch
+        self._batches: dict[str | None, Batch] = {}  # running: the base's (None), and each whole model's
         self._running = True
         self._thread = threading.Thread(target=self._run, name="flywheel-engine", daemon=True)
         self._thread.start()
@@ -129,16 +148,16 @@ class Engine:
         return self._call(lambda: self._load(name, path))
 
     def unload_adapter(self, name: str) -> Future:
-        return self._call(lambda: self._unload(name))
+        return self._call(lambda: self._unload(name), unloads=name)
 
     def close(self) -> None:
         self._running = False
         self._requests.put(None)  # wake the loop
         self._thread.join(timeout=30)
 
-    def _call(self, fn: Callable[[], object]) -> Future:
+    def _call(self, fn: Callable[[], object], unloads: str | None = None) -> Future:
         future: Future = Future()
-        self._admin.put((fn, future))
+        self._admin.put((fn, future, unloads))
         self._requests.put(None)  # wake the loop so the command runs now, not after a timeout
         return future
 
@@ -207,108 +226,189 @@ class Engine:
         del self.adapters[name]
 
     def _run_admin(self) -> None:
+        """Run the adapter commands, in order. An unload waits while a running row still uses its
+        adapter (so an in-flight request never fails because of it), and the commands after it wait too."""
         while not self._admin.empty():
-            fn, future = self._admin.get()
+            self._commands.append(self._admin.get())
+        self._unloading = set()
+        while self._commands:
+            fn, future, unloads = self._commands[0]
+            if unloads is not None and any(row.gen.adapter == unloads for b in self._batches.values() for row in b.rows):
+                self._unloading.add(unloads)  # its newcomers wait too, so that the running ones can drain
+                return
+            self._commands.popleft()
             try:
                 future.set_result(fn())
             except Exception as exc:  # the caller gets it; the engine goes on
                 future.set_exception(exc)
 
-    def _collect(self) -> list[Generation]:
-        batch: list[Generation] = []
-        first = self._requests.get()
-        if first is not None:
-            batch.append(first)
-        deadline = time.monotonic() + self.max_wait_s
-        while len(batch) < self.max_batch:
-            timeout = deadline - time.monotonic()
-            try:
-                gen = self._requests.get(timeout=timeout) if timeout > 0 else self._requests.get_nowait()
-            except queue.Empty:
-                break
-            if gen is None:  # a wake-up (close, or an adapter command): go now with what has come
-                break
-            batch.append(gen)
-        return batch
-
     def _run(self) -> None:
         while self._running:
             self._run_admin()
-            batch = [g for g in self._collect() if not g.cancelled.is_set()]
-            self._run_admin()
-            if not batch:
-                continue
-            groups: dict[str | None, list[_Row]] = {}  # a whole model batches only with itself
-            for gen in batch:
-                if gen.adapter is not None and gen.adapter not in self.adapters:
-                    self._fail(_Row(gen), f"model {gen.adapter!r} was unloaded")
-                    continue
-                groups.setdefault(gen.adapter if gen.adapter in self.full_models else None, []).append(_Row(gen))
-            for name, rows in groups.items():
+            self._take(wait=not self._batches and not self._waiting)
+            self._run_admin()  # (a command that woke the loop goes before the newcomers)
+            self._admit()
+            for key in list(self._batches):
+                rows = self._batches[key].rows
                 try:
-                    self._generate(rows, self.full_models[name] if name else self.model)
-                except Exception as exc:  # a fault of the engine itself: end what is left, keep serving
+                    self._decode(key)
+                except Exception as exc:  # a fault of the engine itself: end that batch, keep serving
                     log.exception("generation failed")
+                    self._batches.pop(key, None)
                     for row in rows:
                         self._fail(row, _why(exc))
+        for row in [row for batch in self._batches.values() for row in batch.rows] + [_Row(g) for g in self._waiting]:
+            self._fail(row, "the engine was closed")  # (its caller would wait for ever)
 
-    def _generate(self, rows: list[_Row], model) -> None:
-        """Decode `rows` together until each finishes. A failure of one row's own work (its seed,
-        sampling, stop strings, detokenizing, its caller's `emit`) ends that row alone. A failure of
-        the batched forward pass is retried row by row, each going on from its tokens so far, so it
-        ends only the row that causes it."""
+    def _take(self, wait: bool) -> None:
+        """Move the submitted requests to `_waiting`. When the engine is idle, wait for one, then up to
+        `max_wait_ms` for company, so that a burst is prefilled together."""
+        if wait:
+            first = self._requests.get()
+            if first is None:  # a wake-up (close, or an adapter command)
+                return
+            self._waiting.append(first)
+            deadline = time.monotonic() + self.max_wait_s
+            while len(self._waiting) < self.max_batch:
+                timeout = deadline - time.monotonic()
+                try:
+                    gen = self._requests.get(timeout=timeout) if timeout > 0 else self._requests.get_nowait()
+                except queue.Empty:
+                    return
+                if gen is None:  # go now with what has come
+                    return
+                self._waiting.append(gen)
+        while True:
+            try:
+                gen = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if gen is not None:
+                self._waiting.append(gen)
+
+    def _admit(self) -> None:
+        """Waiting requests join the running batches, up to `max_batch` rows in all: each model's
+        newcomers are prefilled together, then merged into that model's running batch. Rows for
+        adapters share the base model's batch; a whole model batches only with itself."""
+        if self._batches and not self.join_running:
+            return
+        room = self.max_batch - sum(len(b.rows) for b in self._batches.values())
+        newcomers: dict[str | None, list[_Row]] = {}
+        waiting, self._waiting = self._waiting, deque()
+        for gen in waiting:
+            if gen.cancelled.is_set():
+                continue
+            if room == 0 or gen.adapter in self._unloading:
+                self._waiting.append(gen)
+            elif gen.adapter is not None and gen.adapter not in self.adapters:
+                self._fail(_Row(gen), f"model {gen.adapter!r} was unloaded")
+            else:
+                newcomers.setdefault(gen.adapter if gen.adapter in self.full_models else None, []).append(_Row(gen))
+                room -= 1
+        for key, rows in newcomers.items():
+            try:
+                joining = self._prefill(key, rows)
+            except Exception as exc:  # a fault of the engine itself: end the newcomers, keep serving
+                log.exception("generation failed")
+                for row in rows:
+                    self._fail(row, _why(exc))
+                continue
+            if joining is not None:
+                self._batches[key] = merge(self._batches.get(key), joining)
+
+    def _model(self, key: str | None):
+        """The model a batch runs on, looked up at each step: loading the first adapter wraps the base."""
+        return self.full_models[key] if key is not None else self.model
+
+    def _prefill(self, key: str | None, rows: list[_Row]) -> Batch | None:
+        """Prefill `rows` together and choose each one's first token; None when none goes on. A failed
+        forward pass is retried row by row, so it ends only the row that causes it."""
         import torch
-        from peft import PeftModel
 
         rows = [row for row in rows if self._isolated(row, self._start, row)]
         if not rows:
-            return
+            return None
+        model = self._model(key)
         try:
-            inputs = [row.gen.prompt_ids + row.tokens for row in rows]  # (+ tokens: a retried row goes on)
-            width = max(len(i) for i in inputs)
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row_ids in enumerate(inputs):  # left padding: every row's next token is at the end
-                ids[i, width - len(row_ids):] = torch.tensor(row_ids)
-                mask[i, width - len(row_ids):] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            extra = {}
-            if isinstance(model, PeftModel):
-                extra["adapter_names"] = [row.gen.adapter or BASE for row in rows]
-            past, last_only = None, _last_logits_only(model)
             with torch.inference_mode():
-                while rows:
-                    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                                use_cache=True, **last_only, **extra)  # fmt: skip
-                    past = out.past_key_values
-                    logits = out.logits[:, -1, :].float()
-                    keep, next_tokens = [], []
-                    for i, row in enumerate(rows):
-                        token = self._isolated(row, self._step, row, logits[i])
-                        if token is not None:
-                            keep.append(i)
-                            next_tokens.append(token)
-                    if len(keep) < len(rows):  # finished, failed or abandoned rows leave the batch now
-                        index = torch.tensor(keep, dtype=torch.long, device=self.device)
-                        rows = [rows[i] for i in keep]
-                        if not rows:
-                            break
-                        past.batch_select_indices(index)
-                        mask, positions = mask[index], positions[index]
-                        if "adapter_names" in extra:
-                            extra["adapter_names"] = [extra["adapter_names"][i] for i in keep]
-                    ids = torch.tensor(next_tokens, dtype=torch.long, device=self.device).unsqueeze(-1)
-                    mask = torch.cat([mask, torch.ones_like(ids)], dim=-1)
-                    positions = positions[:, -1:] + 1
+                batch, logits = prefill(model, rows, self.pad_id, self.device, last_logits_only(model))
         except Exception as exc:
             if len(rows) == 1:
                 log.exception("generation failed")
                 self._fail(rows[0], _why(exc))
+                return None
+            log.warning("a batch of %d failed (%s); prefilling its rows one by one", len(rows), _why(exc))
+            joined = None
+            for row in rows:
+                alone = self._prefill(key, [row])
+                if alone is not None:
+                    joined = merge(joined, alone)
+            return joined
+        return self._choose(batch, logits)
+
+    def _decode(self, key: str | None) -> None:
+        """One step of a running batch: every row gets its next token (a speculating row, maybe several).
+        A failed forward pass is retried row by row, each going on from its tokens so far."""
+        import torch
+
+        batch = self._batches.pop(key)  # (back in below, while it has rows)
+        row = batch.rows[0]
+        try:
+            with torch.inference_mode():
+                if len(batch.rows) == 1 and self._speculates(row):
+                    batch = self._speculate(key, batch, row)
+                else:
+                    model = self._model(key)
+                    batch = self._choose(batch, batch.forward(model, batch.next_ids, last_logits_only(model))[:, -1])
+        except Exception as exc:
+            if len(batch.rows) == 1:
+                log.exception("generation failed")
+                self._fail(row, _why(exc))
                 return
-            log.warning("a batch of %d failed (%s); decoding its rows one by one", len(rows), _why(exc))
-            for row in rows:  # (each still going holds its tokens so far: `rows` drops a row as it ends)
-                self._generate([row], model)
+            log.warning("a batch of %d failed (%s); decoding its rows one by one", len(batch.rows), _why(exc))
+            batch = self._prefill(key, batch.rows)  # (each row's tokens so far are fed again: it goes on)
+        if batch is not None:
+            self._batches[key] = batch
+
+    def _choose(self, batch: Batch, logits) -> Batch | None:
+        """Each row's next token from its logits [rows, vocab]; finished, failed or abandoned rows leave."""
+        import torch
+
+        keep, next_ids = [], []
+        for i, row in enumerate(batch.rows):
+            token = self._isolated(row, self._step, row, logits[i])
+            if token is not None:
+                keep.append(i)
+                next_ids.append(token)
+        if not keep:
+            return None
+        if len(keep) < len(batch.rows):
+            batch.select(keep)
+        batch.next_ids = torch.tensor(next_ids, dtype=torch.long, device=self.device).unsqueeze(-1)
+        return batch
+
+    def _speculates(self, row: _Row) -> bool:
+        """Greedy, unconstrained rows speculate (when decoding alone): their output stays the same."""
+        return self.speculative == "ngram" and row.gen.temperature < GREEDY_BELOW and row.constraint is None
+
+    def _speculate(self, key: str | None, batch: Batch, row: _Row) -> Batch | None:
+        """Feed the row's next token and a draft after it in one pass; keep what the model agrees with."""
+        import torch
+
+        context = row.gen.prompt_ids + row.tokens  # (its last token is the one it feeds next)
+        room = min(row.gen.max_tokens - len(row.tokens), self.context_length - len(context)) - 1
+        draft = ngram_draft(context)[:max(room, 0)]
+        model = self._model(key)
+        ids = torch.tensor([[int(batch.next_ids[0, 0]), *draft]], dtype=torch.long, device=self.device)
+        keep = {"logits_to_keep": len(draft) + 1} if last_logits_only(model) else {}
+        logits = batch.forward(model, ids, keep)[0, -(len(draft) + 1):]
+        accepted, token = accept(draft, logits, lambda at: self._isolated(row, self._step, row, at))
+        self.drafted, self.accepted = self.drafted + len(draft), self.accepted + accepted
+        if token is None:
+            return None
+        batch.crop(len(draft) - accepted)  # the rejected draft tokens leave the cache
+        batch.next_ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
+        return batch
 
     def _isolated(self, row: _Row, work: Callable[..., object], *args) -> object:
         """`work(*args)`, or None when it raises: then the row ends with an error and the others go on."""
@@ -403,12 +503,3 @@ class Engine:
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
-
-def _last_logits_only(model) -> dict:
-    """Only the last position's logits are sampled: where the model can skip the others, the
-    prefill computes (and holds) no vocabulary's worth of logits per prompt token (≈20% of a
-    SmolLM2 prefill, 49k-token vocabulary)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}

@@ -15,6 +15,11 @@ Two measured costs shape the commit (DuckDB 2.0, 2 cores, ≈1.2 KB rows):
 - `INSERT … ON CONFLICT DO NOTHING` costs ≈4 ms per statement; ids are almost always new, so
   the batch is appended with a plain INSERT and redone the skipping way only when the primary
   key refuses it (see `flywheel.ingest.interactions`).
+
+On a lake (`flywheel.store.lake`) there is no key to refuse a stored id and no file to hand over:
+the batch first drops the ids the lake holds already, in the same transaction, then appends; a
+commit the catalog refuses (unreachable, or a race lost after DuckLake's retries) fails the batch
+with `StoreBusy` (503, nothing acknowledged).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import duckdb
 
 from flywheel import store
 from flywheel.ingest.interactions import warm_up, write_feedback, write_interactions
+from flywheel.store import lake
 from flywheel.store.rows import FeedbackRow, InteractionRow
 from serving import metrics
 
@@ -65,13 +71,16 @@ class _Job:
 
 class Writer:
     def __init__(self, db_path: Path, *, max_queue_items: int, max_batch_items: int,
-                 idle_close_s: float = 0.5, handover_wait_s: float = 2.0, checkpoint_mb: int = 256):
+                 idle_close_s: float = 0.5, handover_wait_s: float = 2.0, checkpoint_mb: int = 256,
+                 lake_retry_s: float = 5.0):
         self.db_path = Path(db_path)
+        self.lake = store.is_lake(db_path)
         self.max_queue_items = max_queue_items
         self.max_batch_items = max_batch_items
         self.idle_close_s = idle_close_s
         self.handover_wait_s = handover_wait_s
         self.checkpoint_mb = checkpoint_mb
+        self.lake_retry_s = lake_retry_s  # a lake: how long a batch retries a busy or unreachable catalog
         self._jobs: deque[_Job] = deque()  # (a backlog of many small requests: popleft is O(1))
         self._pending_items = 0
         self._cond = threading.Condition()
@@ -188,8 +197,9 @@ class Writer:
 
     def _connection(self) -> store.Connection:
         if self._con is None:
-            self._con = store.open_connection(self.db_path, timeout_s=60.0)
-            self._con.execute(f"SET checkpoint_threshold = '{self.checkpoint_mb}MB'")
+            self._con = store.open_connection(self.db_path, timeout_s=self.lake_retry_s if self.lake else 60.0, raw=True)
+            if not self.lake:
+                self._con.execute(f"SET checkpoint_threshold = '{self.checkpoint_mb}MB'")
         return self._con
 
     def _write(self, jobs: list[_Job]) -> list[Outcome]:
@@ -206,12 +216,15 @@ class Writer:
                     seen.add(key)
                     rows[job.kind].append(row)
             firsts.append(first)
-        con = self._connection()
         try:
-            try:
-                new, unknown = self._insert(con, rows, append=True)  # new is None: all were new
-            except duckdb.ConstraintException:  # some id is stored already (a retry): skip those
-                new, unknown = self._insert(con, rows, append=False)
+            if self.lake:
+                new, unknown = self._insert_lake(rows)
+            else:
+                con = self._connection()
+                try:
+                    new, unknown = self._insert(con, rows, append=True)  # new is None: all were new
+                except duckdb.ConstraintException:  # some id is stored already (a retry): skip those
+                    new, unknown = self._insert(con, rows, append=False)
         except Exception:
             self._close()  # a broken connection: start clean next time
             raise
@@ -226,6 +239,33 @@ class Writer:
                 outcome.unknown = {(r.project, r.interaction_id) for r in job.rows} & unknown
             outcomes.append(outcome)
         return outcomes
+
+    def _insert_lake(self, rows: dict[str, list[Row]]) -> tuple[dict, set]:
+        """One lake transaction: skip the ids stored already, append the rest; ({kind: new keys},
+        unknown feedback targets). Another replica may store the same id at the same moment:
+        the lake's readers keep one row per id (see `flywheel.store.lake`)."""
+
+        def attempt() -> tuple[dict, set]:
+            con = self._connection()
+            con.execute("BEGIN")
+            try:
+                fresh = {}
+                for kind, kind_rows in rows.items():
+                    stored = lake.stored_keys(con, kind, [(r.project, r.id) for r in kind_rows])
+                    fresh[kind] = [r for r in kind_rows if (r.project, r.id) not in stored]
+                write_interactions(con, fresh["interactions"], append=True)
+                _, unknown = write_feedback(con, fresh["feedback"], append=True)
+                con.execute("COMMIT")
+            except Exception:
+                store.rollback(con)
+                self._close()  # the next try starts on a fresh cursor
+                raise
+            # (feedback about an unknown interaction was not written)
+            return {"interactions": {(r.project, r.id) for r in fresh["interactions"]},
+                    "feedback": {(r.project, r.id) for r in fresh["feedback"] if (r.project, r.interaction_id) not in unknown}
+                    }, unknown  # fmt: skip
+
+        return lake.retrying(self.db_path, self.lake_retry_s, attempt)
 
     @staticmethod
     def _insert(con: store.Connection, rows: dict[str, list[Row]], append: bool) -> tuple[dict | None, set]:

@@ -24,7 +24,7 @@ def flywheel(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 
 @pytest.mark.parametrize(("toml", "message"), [
     ("[ingest]\nmax_items = 3\nmax_itemz = 5000\n", "line 3: unknown setting 'ingest.max_itemz' (did you mean 'max_items'?)"),
-    ("port = 9000\n\n[stor]\nkind = 'lake'\n", "line 3: unknown setting 'stor'"),
+    ("port = 9000\n\n[stor]\nkind = 'lake'\n", "line 3: unknown setting 'stor' (did you mean 'store'?)"),
     ("[routes.a]\nkind = 'local'\npath = 'p'\n\n[routes.b]\nkind = 'local'\npaht = 'p'\n",
      "line 7: unknown setting 'routes.b.paht' (did you mean 'path'?)"),
     ("[tasks.t]\nrecipie = 'sft'\n", "line 2: unknown setting 'tasks.t.recipie' (did you mean 'recipe'?)"),

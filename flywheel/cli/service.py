@@ -75,7 +75,10 @@ def use_prefect_env(settings: Settings) -> None:
 @app.command()
 def up(data_dir: DataDir = None,
        port: Annotated[int | None, typer.Option(help="API port [default: 8000].", min=1, max=65535)] = None,
-       prefect_port: Annotated[int, typer.Option(help="Prefect UI/API port.", min=1, max=65535)] = 4200) -> None:
+       prefect_port: Annotated[int, typer.Option(help="Prefect UI/API port.", min=1, max=65535)] = 4200,
+       workers: Annotated[int, typer.Option(help="Run the flows on the Prefect process work pool `flywheel-process` with "
+                                                 "this many workers, one flow run each at a time (different tasks' turns "
+                                                 "in parallel); 0 serves them from one process.", min=0, max=64)] = 0) -> None:
     """The service, a local Prefect server (UI) and the scheduled flywheel flows, until Ctrl-C."""
     settings = settings_of(data_dir)
     if port is not None:
@@ -84,7 +87,7 @@ def up(data_dir: DataDir = None,
     from pipelines.up import up as run_up
 
     try:
-        run_up(settings, prefect_port=prefect_port)
+        run_up(settings, prefect_port=prefect_port, workers=workers)
     except RuntimeError as exc:
         fail(str(exc))
 
@@ -97,10 +100,13 @@ def demo(data_dir: Annotated[Path, typer.Option("--data-dir", help="The demo's f
                                                       min=50, max=10_000, show_default=False)] = None,
          student: Annotated[str, typer.Option(help="The student: `smollm2` (LoRA on SmolLM2-135M-Instruct) or "
                                                    "`tiny` (a from-scratch model, fully fine-tuned: seconds per turn)."
-                                              )] = "smollm2") -> None:
+                                              )] = "smollm2",
+         agent: Annotated[bool, typer.Option("--agent", help="Also turn the loop once for the desk's tool-calling "
+                                             "agent (a second adapter on the same base); slower: its prompts carry "
+                                             "the tools.")] = False) -> None:
     """The whole loop on a simulated support desk: traffic, curation, training, benchmarks, promotion."""
     from pipelines.demo import run_demo
 
     if student not in ("tiny", "smollm2"):
         fail(f"--student: expected tiny or smollm2, got {student!r}", 2)
-    run_demo(data_dir, turns=turns, per_turn=requests, student=student)
+    run_demo(data_dir, turns=turns, per_turn=requests, student=student, with_agent=agent)

@@ -51,10 +51,25 @@ def train(task: TaskName, data_dir: DataDir = None,
                                                          "[default: the task's, else sft].")] = None,
           base_model: Annotated[str | None, typer.Option(help="The student's base model (path or id) [default: the task's].")] = None,
           teacher: Annotated[str | None, typer.Option(help="A local teacher model (distill, gkd) [default: the task's].")] = None,
-          project: Project = None) -> None:  # fmt: skip
+          project: Project = None,
+          processes: Annotated[int, typer.Option(help="Processes training together (torchrun, data-parallel: gloo on CPU, "
+                                                      "one GPU each where present); rank 0 registers the candidate.",
+                                                 min=1, max=1024)] = 1) -> None:  # fmt: skip
     """Train a candidate on the task's newest curated dataset and register it."""
     from flywheel.train.run import TrainingError, train_latest
 
+    if processes > 1:
+        from flywheel.train.launch import launch
+
+        settings = settings_of(data_dir)
+        resolved = task_of(settings, task, project=project, recipe=recipe, base_model=base_model, teacher=teacher)
+        try:
+            code = launch(settings, resolved, processes=processes)
+        except (FileNotFoundError, ValueError) as exc:
+            fail(str(exc), 2)
+        if code != 0:
+            fail(f"training in {processes} processes failed (torchrun exit status {code}); their log is above")
+        return
     try:
         settings = settings_of(data_dir)
         resolved = task_of(settings, task, project=project, recipe=recipe, base_model=base_model, teacher=teacher)

@@ -177,7 +177,7 @@ def _sketch(con, cfg: CurationConfig) -> Sketch:
     reader = con.sql(f"""
         SELECT rid, {SKETCH_TEXT} AS text FROM rows WHERE dropped IS NULL
         UNION ALL
-        SELECT rid, text FROM held_out WHERE rid NOT IN (SELECT rid FROM rows WHERE dropped IS NULL)""").to_arrow_reader(batch_size=100_000)  # fmt: skip
+        SELECT rid, text FROM held_out WHERE rid NOT IN (SELECT rid FROM rows WHERE dropped IS NULL)""").fetch_arrow_reader(batch_size=100_000)  # fmt: skip
     return sketch(((batch.column(0).to_numpy(), batch.column(1)) for batch in reader), n,
                   threshold=cfg.near_dup_threshold, shingle_size=cfg.shingle_size, num_perm=cfg.num_perm, seed=cfg.seed)  # fmt: skip
 
@@ -220,7 +220,7 @@ def _pii_check(con, kinds: list[str] | None, chunk: int = 256) -> None:
             || chr(10) || coalesce(tools, '') AS text
         FROM rows
         WHERE dropped IS NULL OR (status = 'ok' AND NOT malformed AND (corrected OR verdict IS NOT NULL))
-        """).to_arrow_reader(batch_size=100_000)  # fmt: skip
+        """).fetch_arrow_reader(batch_size=100_000)  # fmt: skip
     hits = []
     for batch in reader:
         flagged = np.flatnonzero(suspects(batch.column(1)))

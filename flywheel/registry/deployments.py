@@ -135,8 +135,10 @@ def _set(con: Connection, project: str, task: str, alias: str, model: str, share
 
 
 def _delete(con: Connection, project: str, task: str, alias: str, action: str, reason: str, evidence: dict | None) -> None:
-    previous = con.execute("DELETE FROM deployments WHERE project = ? AND task = ? AND alias = ? RETURNING model",
-                           [project, task, alias]).fetchone()  # fmt: skip
+    # SELECT then DELETE, not DELETE … RETURNING: the lake store (DuckLake) has no RETURNING.
+    where, key = "WHERE project = ? AND task = ? AND alias = ?", [project, task, alias]
+    previous = con.execute(f"SELECT model FROM deployments {where}", key).fetchone()
+    con.execute(f"DELETE FROM deployments {where}", key)
     _event(con, project, task, alias, action, None, previous[0] if previous else None, reason, evidence)
 
 

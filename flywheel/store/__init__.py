@@ -1,7 +1,8 @@
 """The store: the DuckDB file every stage reads and writes, its migrations and its row schemas.
 
 `from flywheel import store; with store.connect(path) as con: …` is the one way in
-(`database`); `migrations` holds the numbered schema changes applied on every read-write open;
+(`database`), to the DuckDB file or, for `[store] kind = "lake"`, to a DuckLake lake (`lake`);
+`migrations` holds the numbered schema changes applied on every read-write open;
 `rows` declares the interaction and feedback rows once (import it as `flywheel.store.rows`: it
 needs pyarrow, which commands that only open the store should not load).
 """
@@ -10,6 +11,7 @@ from flywheel.store.database import (
     Connection,
     StoreBusy,
     connect,
+    is_lake,
     migrate,
     naive_utc,
     open_connection,
@@ -18,5 +20,5 @@ from flywheel.store.database import (
     waiting,
 )
 
-__all__ = ["Connection", "StoreBusy", "connect", "migrate", "naive_utc", "open_connection", "pid_alive",
+__all__ = ["Connection", "StoreBusy", "connect", "is_lake", "migrate", "naive_utc", "open_connection", "pid_alive",
            "rollback", "waiting"]

@@ -6,6 +6,8 @@ backoff (tenacity); nobody keeps the file longer than one unit of work; and a pr
 leaves a marker in `<db>.wait/`, so that a long-running writer (the ingestion service) can see
 someone is waiting and hand the file over between two batches (`waiting`).
 Migrations are applied on every read-write open.
+A path ending in `.lake` (`settings.db_path` of a data folder with `[store] kind = "lake"`) opens
+that folder's DuckLake lake instead (`flywheel.store.lake`), which several processes write at once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 import duckdb
 import tenacity
 
-from flywheel.store.migrations import MIGRATIONS
+from flywheel.store import lake
+from flywheel.store.migrations import LEDGER, MIGRATIONS
 
 Connection = duckdb.DuckDBPyConnection
 
@@ -82,13 +85,10 @@ def rollback(con: Connection) -> None:
         con.execute("ROLLBACK")
 
 
-def migrate(con: Connection) -> list[int]:
-    """Apply the migrations this database has not seen yet; return their versions."""
-    con.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
-        " applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
-    )
+def migrate(con: Connection, translate=lambda sql: sql) -> list[int]:
+    """Apply the migrations this database has not seen yet; return their versions.
+    `translate` turns each statement into the backend's dialect (`flywheel.store.lake.lake_sql`)."""
+    con.execute(translate(LEDGER))
     done = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
     applied = []
     for version, name, sql in sorted(MIGRATIONS):
@@ -96,7 +96,7 @@ def migrate(con: Connection) -> list[int]:
             continue
         con.execute("BEGIN")
         try:
-            con.execute(sql)
+            con.execute(translate(sql))
             con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
             con.execute("COMMIT")
         except Exception:
@@ -118,8 +118,17 @@ def _connect_once(db_path: Path, read_only: bool) -> tuple[Connection, bool]:
     return duckdb.connect(str(db_path), read_only=False), False
 
 
-def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: float = 30.0) -> Connection:
-    """Open the database, retrying a lock held by another process for up to `timeout_s`."""
+def is_lake(db_path: Path | str) -> bool:
+    """Whether this `settings.db_path` names a lake rather than a DuckDB file."""
+    return Path(db_path).suffix == ".lake"
+
+
+def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: float = 30.0,
+                    raw: bool = False) -> Connection:
+    """Open the database, retrying a lock held by another process for up to `timeout_s`.
+    A lake: see `flywheel.store.lake.open_connection` (`raw` is for its ingestion writer)."""
+    if is_lake(db_path):
+        return lake.open_connection(db_path, read_only=read_only, raw=raw, timeout_s=timeout_s)
     db_path = Path(db_path)
     if read_only and not db_path.exists():
         raise FileNotFoundError(f"no Flywheel database at {db_path} (run `flywheel init`)")
@@ -166,6 +175,10 @@ def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: 
 @contextmanager
 def connect(db_path: Path | str, *, read_only: bool = False, timeout_s: float = 30.0) -> Iterator[Connection]:
     """One unit of work on the database: open (with retries), yield, close."""
+    if is_lake(db_path):
+        with lake.connect(db_path, read_only=read_only, timeout_s=timeout_s) as con:
+            yield con
+        return
     con = open_connection(db_path, read_only=read_only, timeout_s=timeout_s)
     try:
         yield con

@@ -6,6 +6,13 @@ hold the rows declared in `flywheel.store.rows`, column for column: a migration 
 changes that module too (tests/test_store.py compares the migrated tables with it).
 """
 
+LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (  -- which versions this database has applied
+    version    INTEGER PRIMARY KEY,
+    name       VARCHAR NOT NULL,
+    applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+)"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -168,8 +175,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "api key roles",
         # Keys made before roles existed become `app` keys: an upgrade takes adapter management
         # and /metrics away from them until the operator makes an admin key (least privilege).
+        # Two statements, the same table as the one `ADD COLUMN … NOT NULL DEFAULT 'app'` that
+        # shipped first: DuckDB 1.4 refuses a constraint inside ADD COLUMN, and a database that
+        # applied the one statement already holds exactly this column.
         """
-        ALTER TABLE api_keys ADD COLUMN role VARCHAR NOT NULL DEFAULT 'app';  -- app | admin (flywheel.registry.keys)
+        ALTER TABLE api_keys ADD COLUMN role VARCHAR DEFAULT 'app';  -- app | admin (flywheel.registry.keys)
+        ALTER TABLE api_keys ALTER COLUMN role SET NOT NULL;
         """,
     ),
     (

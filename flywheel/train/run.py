@@ -15,6 +15,8 @@ What `train` guarantees, in order:
    gone) and left a checkpoint is continued, under the same id, from its last checkpoint.
 5. Guards: a NaN/inf loss stops the run and marks it failed (never promotable); out-of-memory
    fails with the recipe knobs to turn.
+6. Several processes (`torchrun`, `accelerate launch`; `flywheel.train.launch`): every rank trains,
+   rank 0 alone registers the candidate and writes its folder, card and row (`flywheel.train.ranks`).
 
 Heavy libraries (torch, transformers, trl, peft, datasets) are imported inside functions, so the
 CLI that imports this module starts fast.
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from flywheel.settings import Settings
 from flywheel.store import connect, pid_alive
+from flywheel.train import ranks
 from flywheel.train.data import (
     BaseModelNotFound,
     DatasetTooSmall,
@@ -50,7 +53,7 @@ log = logging.getLogger("flywheel.train")
 
 __all__ = [  # the checks' errors are re-exported: callers catch everything from here
     "BaseModelNotFound", "Candidate", "DatasetTooSmall", "NonFiniteLoss", "OutOfMemory", "TrainingError",
-    "candidate_dir", "load_splits", "train", "train_latest",
+    "candidate_dir", "latest_dataset", "load_splits", "train", "train_latest",
 ]
 
 @dataclass
@@ -178,10 +181,46 @@ def train(
         check_model_source(recipe.teacher, role="teacher model")
     dataset_path = Path(dataset_path).resolve()
     train_ds, eval_ds = load_splits(dataset_path, recipe)
+    rhash = recipe_hash(recipe)
+    # Under torchrun / accelerate launch every rank gets here; rank 0 alone touches the database
+    # and the candidate folder, and tells the others which candidate they are training.
+    dataset_id, model_id, resume_from = ranks.on_main(lambda: _register(
+        settings, recipe, project=project, task=task, dataset_path=dataset_path, dataset_id=dataset_id, rhash=rhash,
+        resume=resume, examples=len(train_ds)))  # fmt: skip
+    out = candidate_dir(settings, task, model_id)
+
+    from flywheel.train import trainers
+
+    try:
+        if method.prepare is not None:  # e.g. distill: the teacher answers the prompts first
+            train_ds = method.prepare(recipe, train_ds)
+        metrics = trainers.run(recipe, train_ds, eval_ds, out, resume_from=resume_from, callbacks=list(callbacks))
+        candidate = _finish(settings, recipe, out, model_id=model_id, project=project, task=task, dataset_id=dataset_id,
+                            rhash=rhash, metrics=metrics, dataset_path=dataset_path)
+    except trainers.NonFiniteLossError as exc:
+        if ranks.is_main():
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # diverged: never resume from these
+        _fail(settings, model_id, f"NonFiniteLoss: {exc}")
+        raise NonFiniteLoss(str(exc), model_id) from None
+    except BaseException as exc:
+        if _is_oom(exc):
+            message = _oom_message(recipe, exc)
+            _fail(settings, model_id, f"OutOfMemory: {message}")
+            raise OutOfMemory(message, model_id) from exc
+        _fail(settings, model_id, f"{exc.__class__.__name__}: {exc}")
+        if isinstance(exc, Exception):
+            raise TrainingError(f"training {model_id} failed: {exc.__class__.__name__}: {exc}", model_id) from exc
+        raise  # KeyboardInterrupt / SystemExit: marked failed (resumable), then let it through
+    log.info("candidate %s ready: %s", model_id, {k: metrics[k] for k in ("eval_loss", "exact_match") if k in metrics})
+    return candidate
+
+
+def _register(settings: Settings, recipe: Recipe, *, project: str, task: str, dataset_path: Path, dataset_id: str | None,
+              rhash: str, resume: bool, examples: int) -> tuple[str | None, str, str | None]:
+    """(dataset id, candidate id, checkpoint to resume from): the run resumed, or a new `models`
+    row in status `training`; its folder with `run.json` and the recipe. Rank 0's work."""
     if dataset_id is None:
         dataset_id = _dataset_id_for(settings, dataset_path)
-
-    rhash = recipe_hash(recipe)
     found = _resumable(settings, project=project, task=task, rhash=rhash, dataset_id=dataset_id, dataset_path=str(dataset_path)) if resume else None
     if found:
         model_id, resume_from = found
@@ -199,31 +238,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps({"pid": os.getpid(), "dataset_path": str(dataset_path), "dataset_id": dataset_id}))
     dump_recipe(recipe, out / "recipe.yaml")
-    log.info("training %s (%s on %s, %d examples) → %s", model_id, recipe.method, recipe.base_model, len(train_ds), out)
-
-    from flywheel.train import trainers
-
-    try:
-        if method.prepare is not None:  # e.g. distill: the teacher answers the prompts first
-            train_ds = method.prepare(recipe, train_ds)
-        metrics = trainers.run(recipe, train_ds, eval_ds, out, resume_from=resume_from, callbacks=list(callbacks))
-        candidate = _finish(settings, recipe, out, model_id=model_id, project=project, task=task, dataset_id=dataset_id,
-                            rhash=rhash, metrics=metrics, dataset_path=dataset_path)
-    except trainers.NonFiniteLossError as exc:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # diverged: never resume from these
-        _fail(settings, model_id, f"NonFiniteLoss: {exc}")
-        raise NonFiniteLoss(str(exc), model_id) from None
-    except BaseException as exc:
-        if _is_oom(exc):
-            message = _oom_message(recipe, exc)
-            _fail(settings, model_id, f"OutOfMemory: {message}")
-            raise OutOfMemory(message, model_id) from exc
-        _fail(settings, model_id, f"{exc.__class__.__name__}: {exc}")
-        if isinstance(exc, Exception):
-            raise TrainingError(f"training {model_id} failed: {exc.__class__.__name__}: {exc}", model_id) from exc
-        raise  # KeyboardInterrupt / SystemExit: marked failed (resumable), then let it through
-    log.info("candidate %s ready: %s", model_id, {k: metrics[k] for k in ("eval_loss", "exact_match") if k in metrics})
-    return candidate
+    log.info("training %s (%s on %s, %d examples) → %s", model_id, recipe.method, recipe.base_model, examples, out)
+    return dataset_id, model_id, resume_from
 
 
 def _finish(settings: Settings, recipe: Recipe, out: Path, *, model_id: str, project: str, task: str, dataset_id: str | None,
@@ -237,6 +253,8 @@ def _finish(settings: Settings, recipe: Recipe, out: Path, *, model_id: str, pro
         id=model_id, project=project, task=task, method=recipe.method, base_model=recipe.base_model, dataset_id=dataset_id,
         path=out, adapter_path=adapter_path, merged_path=merged_path, recipe_hash=rhash, status="ready", metrics=metrics,
     )
+    if not ranks.is_main():
+        return candidate  # the others trained with it; rank 0 writes the card and the row
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "README.md").write_text(model_card(candidate, recipe, dataset_path=str(dataset_path)))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -249,7 +267,8 @@ def _finish(settings: Settings, recipe: Recipe, out: Path, *, model_id: str, pro
 
 def _fail(settings: Settings, model_id: str, error: str) -> None:
     log.error("candidate %s failed: %s", model_id, error)
-    _set(settings, model_id, status="failed", error=error[:4000])
+    if ranks.is_main():
+        _set(settings, model_id, status="failed", error=error[:4000])
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -279,14 +298,20 @@ def _oom_message(recipe: Recipe, exc: BaseException) -> str:
     return f"out of memory ({str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__}); in the recipe: " + "; or ".join(hints)
 
 
-def train_latest(settings: Settings, task: Task, **kwargs) -> Candidate:
-    """`train` on the newest curated dataset of the task's project: what `flywheel train --task T` runs."""
+def latest_dataset(settings: Settings, task: Task) -> tuple[str, str]:
+    """(id, path) of the newest curated dataset of the task's project; FileNotFoundError naming the
+    command to run when there is none."""
     with connect(settings.db_path) as con:
         row = con.execute("SELECT id, path FROM datasets WHERE task = ? AND project = ? ORDER BY created_at DESC LIMIT 1",
                           [task.name, task.project]).fetchone()  # fmt: skip
     if row is None:
         raise FileNotFoundError(f"no curated dataset for task {task.name!r} in project {task.project!r}: "
                                 f"run `flywheel curate --task {task.name}` first")  # fmt: skip
-    dataset_id, path = row
+    return row[0], row[1]
+
+
+def train_latest(settings: Settings, task: Task, **kwargs) -> Candidate:
+    """`train` on the newest curated dataset of the task's project: what `flywheel train --task T` runs."""
+    dataset_id, path = ranks.on_main(lambda: latest_dataset(settings, task))
     return train(settings, project=task.project, task=task.name, dataset_path=path, dataset_id=dataset_id,
                  recipe=task.recipe, base_model=task.base_model, teacher=task.teacher, **kwargs)  # fmt: skip

@@ -108,7 +108,8 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, out_dir: 
         # The loss goes on the answer only: a chat becomes its rendered tokens with a mask on the
         # last turn. Any chat template works, where assistant_only_loss needs `{% generation %}`
         # markers (SmolLM2's template has none), and tools are rendered as the engine renders them.
-        train_ds, eval_ds = (as_prompt_completion(ds, tokenizer) if ds is not None else None for ds in (train_ds, eval_ds))
+        with args.main_process_first(desc="rendering chats"):  # several ranks: rank 0 fills the datasets cache first
+            train_ds, eval_ds = (as_prompt_completion(ds, tokenizer) if ds is not None else None for ds in (train_ds, eval_ds))
         # TRL applies that mask as `completion_mask`; its own assistant-turn masking needs chats it
         # renders itself. Only a recipe that turns both off trains on the whole chat.
         args.completion_only_loss = args.completion_only_loss is not False or bool(getattr(args, "assistant_only_loss", False))
@@ -148,18 +149,23 @@ def run(recipe: Recipe, train_ds, eval_ds, out_dir: Path, *, resume_from: str | 
         metrics["eval_loss"] = evaluation["eval_loss"]
         if not math.isfinite(metrics["eval_loss"]):
             raise NonFiniteLossError(f"non-finite eval_loss ({metrics['eval_loss']}) after training")
-    if eval_ds is not None and METHODS[recipe.method].answers_chats and recipe.exact_match_samples > 0:
+    main = trainer.accelerator.is_main_process  # several ranks (torchrun): one writes, and one generates
+    if main and eval_ds is not None and METHODS[recipe.method].answers_chats and recipe.exact_match_samples > 0:
         rows = eval_ds.select(range(min(recipe.exact_match_samples, len(eval_ds))))
         metrics["exact_match"] = exact_match(trainer.model, tokenizer, rows, max_new_tokens=recipe.max_new_tokens)
-    _save(trainer, tokenizer, recipe, out_dir)
-    (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    _save(trainer, tokenizer, recipe, out_dir, main=main)
+    if main:
+        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return metrics
 
 
-def _save(trainer, tokenizer, recipe: Recipe, out_dir: Path) -> None:
+def _save(trainer, tokenizer, recipe: Recipe, out_dir: Path, *, main: bool) -> None:
     if recipe.lora is None:
-        trainer.save_model(str(out_dir / "model"))
-        tokenizer.save_pretrained(out_dir / "model")
+        trainer.save_model(str(out_dir / "model"))  # every rank: FSDP/DeepSpeed gather the weights; one writes
+        if main:
+            tokenizer.save_pretrained(out_dir / "model")
+        return
+    if not main:
         return
     trainer.model.save_pretrained(out_dir / "adapter")
     tokenizer.save_pretrained(out_dir / "adapter")
