@@ -55,10 +55,12 @@ class Call:
         if chat and req.tools is not None:
             self.input["tools"] = req.tools
         self.params = {k: raw[k] for k in PARAMS if k in raw}
+        self.recorded = False  # a call is recorded once, whichever path (end, error, disconnect) gets there first
 
     def record(self, target: Target, text: str, usage: dict | None, *, tool_calls: list[dict] | None = None,
                error: str | None = None) -> None:
         """`tool_calls`: the answer's OpenAI tool calls, if it called any."""
+        self.recorded = True
         p, c = (usage or {}).get("prompt_tokens"), (usage or {}).get("completion_tokens")
         metadata = {"route": target.route_name, "alias": target.alias, **({"error": error} if error else {})}
         metrics.GATEWAY.labels(target.route_name, "error" if error else "ok").inc()

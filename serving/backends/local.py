@@ -147,14 +147,16 @@ class LocalBackend(Backend):
                     text = (parse(text)[0] or "") if calls.calls else text  # (recorded: the content)
                 elif call.chat:
                     offer.count(text, [], self.name)
-                yield oa.sse(oa.chunk_body(call.chat, oid, target.model_id, finish=finish))
                 usage = oa.usage(done["prompt_tokens"], done["completion_tokens"])
+                # Recorded before the last chunks: OpenAI's client hangs up as soon as it reads [DONE],
+                # and the disconnect would end this generator before a later line ran.
+                call.record(target, text, usage, tool_calls=calls.calls if calls else None, error=done.get("error"))
+                yield oa.sse(oa.chunk_body(call.chat, oid, target.model_id, finish=finish))
                 if (req.stream_options or {}).get("include_usage"):
                     yield oa.sse(oa.chunk_body(call.chat, oid, target.model_id, usage_=usage))
                 yield oa.sse("[DONE]")
-                call.record(target, text, usage, tool_calls=calls.calls if calls else None, error=done.get("error"))
             finally:
-                if not gen.cancelled.is_set() and (done is None or first):
+                if not call.recorded:
                     call.record(target, "".join(pieces), None, error="client disconnected")
                 gen.cancelled.set()  # the client went away: the engine drops the row at its next step
 

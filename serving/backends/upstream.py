@@ -111,7 +111,7 @@ class UpstreamBackend(Backend):
                                                       tool_calls=calls))  # fmt: skip
 
         async def relay() -> AsyncIterator[bytes]:
-            pieces, usage, calls = [], None, ToolCalls()
+            pieces, usage, calls, ended = [], None, ToolCalls(), False
             try:
                 async for line in response.aiter_lines():
                     if line.startswith("data: {"):
@@ -121,9 +121,17 @@ class UpstreamBackend(Backend):
                             delta = choice.get("delta") or {}
                             pieces.append(delta.get("content") or "" if call.chat else choice.get("text") or "")
                             calls.add(delta.get("tool_calls") if call.chat else None)
+                    # Recorded before [DONE] is relayed: OpenAI's client hangs up as soon as it reads it,
+                    # and the disconnect would end this generator before a later line ran.
+                    ended = ended or line.startswith("data: [DONE]")
+                    if ended and not call.recorded:
+                        call.record(target, "".join(pieces), usage, tool_calls=calls.done())
                     yield (line + "\n").encode()
-                call.record(target, "".join(pieces), usage, tool_calls=calls.done())
+                ended = True  # (a provider that never sends [DONE])
             finally:
+                if not call.recorded:
+                    call.record(target, "".join(pieces), usage, tool_calls=calls.done(),
+                                error=None if ended else "client disconnected")
                 await response.aclose()
 
         return StreamingResponse(relay(), media_type="text/event-stream", headers={ID_HEADER: call.id})
