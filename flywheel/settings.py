@@ -112,6 +112,32 @@ class EvalsSettings(BaseModel):
     prices: dict[str, Price] = Field(default_factory=dict, description="Model or route name -> its token prices.")
 
 
+class OptimizeSettings(BaseModel):
+    """The serving options `flywheel optimize` searches and how long it may take, under `[optimize]`
+    (flywheel.optimize.options: every valid combination of these values is an option)."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently unset limit
+
+    dtypes: list[Literal["float32", "bfloat16"]] = Field(["float32", "bfloat16"], description="Weight dtypes to try.")
+    quantize: list[Literal["none", "int8"]] = Field(["none", "int8"], description="none, and/or int8 dynamic "
+                                                    "quantization (float32, merged only).")
+    merge: list[bool] = Field([False, True], description="Serve the LoRA as an adapter (false) and/or merged into "
+                              "a copy of the base (true).")
+    speculative: list[Literal["off", "ngram"]] = Field(["off", "ngram"], description="Speculative decoding modes to try.")
+    max_batch: list[int] = Field(default_factory=list, description="Most rows decoded together, to try (empty: the "
+                                 "route's max_batch only).")
+    threads: list[int] = Field(default_factory=list, description="Threads of a decoding step, to try (empty: "
+                               "torch's default only).")
+    first_rung: int = Field(8, ge=2, description="Benchmark examples every option answers first; the better half "
+                            "goes on to twice as many (successive halving), up to the whole benchmark.")
+    time_budget_s: float = Field(900.0, gt=0, description="No new round of the search starts after this many seconds; "
+                                 "the pick is made among the options measured furthest.")
+    concurrency: int | None = Field(None, ge=1, le=256, description="Requests in flight while measuring (unset: "
+                                    "the task's observed concurrency, from its recorded traffic).")
+    after_promotion: bool = Field(False, description="The turn flow optimizes a task after promoting a model to its "
+                                  "production (off by default: the search takes minutes on a CPU).")
+
+
 class TaskSettings(BaseModel):
     """How the loop turns for one task, under `[tasks.NAME]` in flywheel.toml."""
 
@@ -127,6 +153,8 @@ class TaskSettings(BaseModel):
     gate: dict = Field(default_factory=dict, description="Promotion gate (see flywheel.registry.gate.GateConfig).")
     schedule: str | None = Field("0 3 * * *", description="Cron schedule of the retraining flow (`flywheel up`).")
     min_new_feedback: int | None = Field(None, description="Also turn the loop when this much new feedback arrived.")
+    latency_slo_ms: float | None = Field(None, gt=0, description="The task's latency objective: `flywheel optimize` "
+                                         "picks only options whose p95 latency is at most this.")
 
     @model_validator(mode="after")
     def _gate_is_valid(self) -> TaskSettings:
@@ -198,6 +226,7 @@ class Settings(BaseSettings):
     routes: dict[str, RouteSettings] = Field(default_factory=dict, description="Models the gateway serves.")
     tasks: dict[str, TaskSettings] = Field(default_factory=dict, description="Per task: how the loop turns.")
     evals: EvalsSettings = Field(default_factory=EvalsSettings)
+    optimize: OptimizeSettings = Field(default_factory=OptimizeSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
 
     @classmethod

@@ -38,6 +38,7 @@ class Task:
     gate: GateConfig = field(default_factory=GateConfig)
     schedule: str | None = None
     min_new_feedback: int | None = None
+    latency_slo_ms: float | None = None
     configured: bool = False  # flywheel.toml has a [tasks.NAME] section
 
     def curation_with(self, path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> CurationConfig:
@@ -60,4 +61,5 @@ def resolve_task(settings: Settings, name: str, *, project: str | None = None, r
                 base_model=base_model or section.base_model, teacher=teacher or section.teacher,
                 benchmark=section.benchmark, route=section.route, curation=CurationConfig.from_dict(section.curation),
                 gate=GateConfig(**section.gate), schedule=section.schedule, min_new_feedback=section.min_new_feedback,
+                latency_slo_ms=section.latency_slo_ms,
                 configured=name in settings.tasks)  # fmt: skip

@@ -13,19 +13,28 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from flywheel import store
 from flywheel.curate.config import DatasetVersion
 from flywheel.curate.pipeline import curate
+from flywheel.optimize.variants import apply_option
 from flywheel.registry.deployments import holder
 from flywheel.registry.keys import create_key, revoke_key
-from flywheel.registry.promotion import Decision, Evidence, decide, http_loader, promote
+from flywheel.registry.promotion import (
+    Decision,
+    Evidence,
+    decide,
+    http_loader,
+    http_unloader,
+    promote,
+)
 from flywheel.settings import Settings
 from flywheel.task import Task
 from flywheel.train.run import Candidate, TrainingError, train
+
+if TYPE_CHECKING:
+    from evals.optimizer import Optimization
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +150,24 @@ def promote_stage(settings: Settings, task: Task, turn: Turn, *, key: str) -> Tu
             decision=turn.decision, load=http_loader(settings.url, key, task.route))  # fmt: skip
     turn.alias = deployment.alias if deployment else None
     if not turn.decision.promote and candidate.status == "ready" and task.benchmark:
-        httpx.post(f"{settings.url}/v1/unload_lora_adapter", json={"lora_name": candidate.id},
-                   headers={"Authorization": f"Bearer {key}"}, timeout=60)  # tidy; a failure here changes nothing
+        http_unloader(settings.url, key)(candidate.id)
     return turn
+
+
+def optimize_stage(settings: Settings, task: Task, *, key: str, apply: bool = True) -> Optimization:
+    """Search the serving options of the task's production model through the serving tier (evals.optimizer),
+    write the report, and apply the pick (unless `apply` is false): production moves to it."""
+    from evals import EndpointSampler
+    from evals.optimizer import Service, optimize, write_report
+
+    service = Service(load=http_loader(settings.url, key, task.route), unload=http_unloader(settings.url, key),
+                      sampler=lambda model, concurrency: EndpointSampler(f"{settings.url}/v1", model, api_key=key,
+                                                                         concurrency=concurrency))  # fmt: skip
+    result = optimize(settings, task, service)
+    result.report = write_report(settings, result)
+    if apply and result.pick is not None:
+        apply_option(settings, project=task.project, task=task.name, model=result.pick.model,
+                     path=result.folders[result.pick.option], reason=f"optimize: {result.reason}",
+                     evidence=result.evidence(), load=service.load)  # fmt: skip
+        result.applied = True
+    return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flywheel import store
 from flywheel.curate.config import CurationError
@@ -50,8 +50,15 @@ def retry_unless(*permanent: type[BaseException]) -> Callable:
 retry_io = retry_when(transient)
 
 
+def artifact_key(prefix: str, task: str) -> str:
+    """`<prefix>-<task>`, so each task's latest report is one key (Prefect artifact keys allow
+    lowercase letters, digits and dashes only)."""
+    return f"{prefix}-" + "".join(c if c.isalnum() else "-" for c in task.lower())
+
+
 def publish_markdown(prefix: str, task: str, markdown: str, description: str) -> None:
-    """A markdown artifact keyed `<prefix>-<task>`, so each task's latest report is one key."""
-    # Prefect artifact keys allow lowercase letters, digits and dashes only.
-    key = f"{prefix}-" + "".join(c if c.isalnum() else "-" for c in task.lower())
-    create_markdown_artifact(markdown=markdown, key=key, description=description)
+    create_markdown_artifact(markdown=markdown, key=artifact_key(prefix, task), description=description)
+
+
+def publish_table(prefix: str, task: str, table: list[dict], description: str) -> None:
+    create_table_artifact(table=table, key=artifact_key(prefix, task + "-table"), description=description)

@@ -1,4 +1,5 @@
-"""The `flywheel` Prefect flow: one turn of the loop (curate → train → evaluate → gate → promote).
+"""The `flywheel` Prefect flow: one turn of the loop (curate → train → evaluate → gate → promote →
+optimize, the last when a promotion reached production and `[optimize] after_promotion` is on).
 
 The one place a turn is written: `flywheel run`, the demo and the schedules all run this flow.
 It chains the plain stage functions of `pipelines.loop` as Prefect tasks, so a turn shows in the
@@ -36,11 +37,12 @@ from pipelines.loop import (
     Turn,
     curate_stage,
     evaluate_stage,
+    optimize_stage,
     promote_stage,
     service_key,
     train_stage,
 )
-from pipelines.retries import publish_markdown, retry_io
+from pipelines.retries import publish_markdown, publish_table, retry_io
 
 TRIGGER_DEPLOYMENT = "feedback-trigger"
 
@@ -71,6 +73,22 @@ def evaluate_task(settings: Settings, task: Task, dataset: DatasetVersion, candi
 @task(name="gate-and-promote", cache_policy=NO_CACHE)  # changes production: once per turn
 def promote_task(settings: Settings, task: Task, turn: Turn, key: str) -> Turn:
     return promote_stage(settings, task, turn, key=key)
+
+
+@task(name="optimize", cache_policy=NO_CACHE)  # changes production too: once per turn
+def optimize_task(settings: Settings, task: Task, key: str) -> dict[str, Any]:
+    """The 3D search over the new production model's serving options; its report as artifacts."""
+    from evals.optimizer import markdown
+
+    result = optimize_stage(settings, task, key=key)
+    publish_markdown("optimize", task.name, markdown(result), f"Optimize {task.name}: {result.reason}")
+    publish_table("optimize", task.name, [{"option": m.option.name, "examples": m.examples, result.metric: m.quality,
+                                           "verdict": m.verdict, "p95_ms": m.p95_ms, "compute_s_per_1k": m.compute_s_per_1k,
+                                           "cost_per_1k_usd": m.cost_per_1k_usd, "outcome": m.outcome}
+                                          for m in result.measured],
+                  f"Serving options of {result.parent}; Pareto frontier: {', '.join(result.frontier) or '-'}")  # fmt: skip
+    return {"applied": result.pick.option.name if result.applied else None, "reason": result.reason,
+            "report": str(result.report)}  # fmt: skip
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
@@ -152,8 +170,10 @@ def flywheel_flow(task: str, data_dir: str | None = None) -> dict:
         candidate = train_task(settings, resolved, dataset)
         turn = evaluate_task(settings, resolved, dataset, candidate, key)
         turn = promote_task(settings, resolved, turn, key)
+        optimized = (optimize_task(settings, resolved, key)
+                     if turn.alias == "production" and settings.optimize.after_promotion else None)  # fmt: skip
     publish_task(turn)
-    return turn_summary(turn)
+    return {**turn_summary(turn), "optimized": optimized}
 
 
 # --- the feedback trigger

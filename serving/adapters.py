@@ -46,7 +46,7 @@ from serving.routing import Router, backend_name
 
 router = APIRouter()
 log = logging.getLogger("flywheel.serving")
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@-]{0,127}$")]
 
 
 class LoadBody(msgspec.Struct):

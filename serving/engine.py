@@ -5,9 +5,11 @@ A request joins the running batch at the next step (up to `max_batch` rows in al
 waits at most `max_wait_ms` for company first): the newcomers are prefilled together and their KV
 cache merged into the running one (serving.batch). A row that finishes or whose client goes away
 leaves the batch at once. Rows for different adapters share the base model in one batch (PEFT's
-per-row `adapter_names`); a whole model batches only with itself. Adapter loads and unloads run in
-the engine thread between two steps, so they never race a forward pass, and an unload waits for
-the running rows that use its adapter, so an in-flight request never fails because of it.
+per-row `adapter_names`); a whole model batches only with itself, and so does a variant (serving.variants:
+a model served with its own dtype, quantization, speculation, batch limit and threads). Adapter
+loads and unloads run in the engine thread between two steps, so they never race a forward pass,
+and an unload waits for the running rows that use its adapter, so an in-flight request never fails
+because of it.
 
 A greedy request decoding alone may speculate (`speculative = "ngram"`, serving.speculate): several
 tokens per forward pass, the same output.
@@ -32,6 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flywheel.optimize.options import is_variant
 from flywheel.tools import render
 from serving.batch import Batch, last_logits_only, merge, prefill
 from serving.constrain import Constraint, Grammars
@@ -45,6 +48,7 @@ from serving.model_check import (
     read_adapter,
 )
 from serving.speculate import MODES, accept, ngram_draft
+from serving.variants import Variants
 
 log = logging.getLogger("flywheel.engine")
 # A temperature below this decodes greedily, as in vLLM: it is the limit of sampling as the
@@ -113,7 +117,8 @@ class Engine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
         self.grammars = Grammars(self.tokenizer, self.model.config.vocab_size, self.eos_ids)
         self.adapters: dict[str, str] = {}  # every loaded name -> its folder
-        self.full_models: dict[str, object] = {}  # names among them that are whole models
+        self.full_models: dict[str, object] = {}  # names among them that are whole models (or variants)
+        self.variants = Variants()  # names among those that are variants: their options
         self.failed: dict[str, str] = {}  # configured adapters that could not be loaded -> why
         for name, adapter_path in (adapters or {}).items():
             try:
@@ -163,28 +168,45 @@ class Engine:
 
     # --- the engine thread -------------------------------------------------------------------
 
+    def check_adapter(self, path: str) -> None:
+        """Raise `ModelLoadError` unless the LoRA adapter at `path` belongs on this route's base."""
+        config, shapes = read_adapter(path)
+        check_adapter_base(path, config, self.route, self.path, self.home)
+        if shapes is not None:
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            check_shapes(path, config, shapes, base, self.route, self.path, self.home)
+
+    def whole_model(self, path: str, dtype) -> object:
+        """The whole model at `path` (checked first) in `dtype`, on our device; it must share our vocabulary."""
+        from transformers import AutoModelForCausalLM
+
+        check_whole_model(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        if model.config.vocab_size != self.model.config.vocab_size:
+            raise ModelLoadError(f"{path} has another vocabulary ({model.config.vocab_size} tokens) than route "
+                                 f"{self.route!r}'s base model {self.path!r} ({self.model.config.vocab_size})")  # fmt: skip
+        return model
+
     def _load(self, name: str, path: str) -> None:
-        """A folder with `adapter_config.json` is a LoRA adapter on our base; any other folder is a
-        whole small model (e.g. a fully fine-tuned student), served side by side. Either is checked
-        first (serving.model_check), so a wrong folder is refused before the model changes."""
+        """A variant folder (`serving.json`) is built by serving.variants; a folder with
+        `adapter_config.json` is a LoRA adapter on our base; any other folder is a whole small model
+        (e.g. a fully fine-tuned student), served side by side. Each is checked first
+        (serving.model_check), so a wrong folder is refused before the model changes."""
         if name in self.adapters:
             raise ValueError(f"lora_name: adapter {name!r} is already loaded")
-        if is_adapter(check_folder(path)):
-            config, shapes = read_adapter(path)
-            check_adapter_base(path, config, self.route, self.path, self.home)
-            if shapes is not None:
-                base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-                check_shapes(path, config, shapes, base, self.route, self.path, self.home)
+        if is_variant(check_folder(path)):
+            self.full_models[name] = self._guarded(name, path, lambda: self.variants.load(self, name, path))
+        elif is_adapter(path):
+            self.check_adapter(path)
             self._guarded(name, path, lambda: self._load_adapter(name, path))
         else:
-            check_whole_model(path)
-            self._guarded(name, path, lambda: self._load_whole(name, path))
+            self.full_models[name] = self._guarded(name, path, lambda: self.whole_model(path, self.model.dtype))
         self.adapters[name] = path
 
-    def _guarded(self, name: str, path: str, load: Callable[[], None]) -> None:
-        """Run `load`; whatever the libraries raise becomes a `ModelLoadError` naming the folder."""
+    def _guarded(self, name: str, path: str, load: Callable[[], object]) -> object:
+        """`load()`; whatever the libraries raise becomes a `ModelLoadError` naming the folder."""
         try:
-            load()
+            return load()
         except ModelLoadError:
             raise
         except Exception as exc:  # noqa: BLE001 - a corrupt file raises anything; the caller gets a 4xx
@@ -203,18 +225,10 @@ class Engine:
         else:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
 
-    def _load_whole(self, name: str, path: str) -> None:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype).to(self.device).eval()
-        if model.config.vocab_size != self.model.config.vocab_size:
-            raise ModelLoadError(f"{path} has another vocabulary ({model.config.vocab_size} tokens) than route "
-                                 f"{self.route!r}'s base model {self.path!r} ({self.model.config.vocab_size})")  # fmt: skip
-        self.full_models[name] = model
-
     def _unload(self, name: str) -> None:
         if name not in self.adapters:
             raise KeyError(f"lora_name: no adapter {name!r} is loaded")
+        self.variants.forget(name)
         if self.full_models.pop(name, None) is None:
             remaining = [n for n in self.model.peft_config if n != name]
             if not remaining:  # the last one: back to the plain base (PEFT would keep pointing at it)
@@ -259,6 +273,7 @@ class Engine:
                         self._fail(row, _why(exc))
         for row in [row for batch in self._batches.values() for row in batch.rows] + [_Row(g) for g in self._waiting]:
             self._fail(row, "the engine was closed")  # (its caller would wait for ever)
+        self.variants.use_threads(None)  # (torch's setting is the process's: leave it as found)
 
     def _take(self, wait: bool) -> None:
         """Move the submitted requests to `_waiting`. When the engine is idle, wait for one, then up to
@@ -287,24 +302,27 @@ class Engine:
                 self._waiting.append(gen)
 
     def _admit(self) -> None:
-        """Waiting requests join the running batches, up to `max_batch` rows in all: each model's
-        newcomers are prefilled together, then merged into that model's running batch. Rows for
-        adapters share the base model's batch; a whole model batches only with itself."""
+        """Waiting requests join the running batches, up to `max_batch` rows in all, except a variant
+        with its own `max_batch`, whose rows are capped by that instead (it is the option the optimizer
+        measured): each model's newcomers are prefilled together, then merged into that model's running
+        batch. Rows for adapters share the base model's batch; a whole model batches only with itself."""
         if self._batches and not self.join_running:
             return
-        room = self.max_batch - sum(len(b.rows) for b in self._batches.values())
+        room = self.max_batch - sum(len(b.rows) for k, b in self._batches.items() if self.variants.max_batch(k) is None)
         newcomers: dict[str | None, list[_Row]] = {}
         waiting, self._waiting = self._waiting, deque()
         for gen in waiting:
             if gen.cancelled.is_set():
                 continue
-            if room == 0 or gen.adapter in self._unloading:
+            own = self.variants.max_batch(gen.adapter)
+            full = self._variant_full(gen.adapter, own, newcomers) if own is not None else room == 0
+            if full or gen.adapter in self._unloading:
                 self._waiting.append(gen)
             elif gen.adapter is not None and gen.adapter not in self.adapters:
                 self._fail(_Row(gen), f"model {gen.adapter!r} was unloaded")
             else:
                 newcomers.setdefault(gen.adapter if gen.adapter in self.full_models else None, []).append(_Row(gen))
-                room -= 1
+                room -= own is None
         for key, rows in newcomers.items():
             try:
                 joining = self._prefill(key, rows)
@@ -315,6 +333,11 @@ class Engine:
                 continue
             if joining is not None:
                 self._batches[key] = merge(self._batches.get(key), joining)
+
+    def _variant_full(self, name: str, limit: int, newcomers: dict[str | None, list[_Row]]) -> bool:
+        """Whether variant `name` decodes (or is joined by) `limit` rows already."""
+        running = self._batches.get(name)
+        return (len(running.rows) if running else 0) + len(newcomers.get(name, [])) >= limit
 
     def _model(self, key: str | None):
         """The model a batch runs on, looked up at each step: loading the first adapter wraps the base."""
@@ -329,6 +352,7 @@ class Engine:
         if not rows:
             return None
         model = self._model(key)
+        self.variants.use_threads(key)
         try:
             with torch.inference_mode():
                 batch, logits = prefill(model, rows, self.pad_id, self.device, last_logits_only(model))
@@ -353,6 +377,7 @@ class Engine:
 
         batch = self._batches.pop(key)  # (back in below, while it has rows)
         row = batch.rows[0]
+        self.variants.use_threads(key)
         try:
             with torch.inference_mode():
                 if len(batch.rows) == 1 and self._speculates(row):
@@ -388,8 +413,10 @@ class Engine:
         return batch
 
     def _speculates(self, row: _Row) -> bool:
-        """Greedy, unconstrained rows speculate (when decoding alone): their output stays the same."""
-        return self.speculative == "ngram" and row.gen.temperature < GREEDY_BELOW and row.constraint is None
+        """Greedy, unconstrained rows speculate (when decoding alone), if their variant, else the route,
+        says so: their output stays the same."""
+        mode = self.variants.speculative(row.gen.adapter, self.speculative)
+        return mode == "ngram" and row.gen.temperature < GREEDY_BELOW and row.constraint is None
 
     def _speculate(self, key: str | None, batch: Batch, row: _Row) -> Batch | None:
         """Feed the row's next token and a draft after it in one pass; keep what the model agrees with."""

@@ -1,4 +1,4 @@
-"""One stage of the loop at a time (`curate`, `train`, `eval`, `promote`, `rollback`, `settle`) or one
+"""One stage of the loop at a time (`curate`, `train`, `eval`, `promote`, `rollback`, `settle`, `optimize`) or one
 whole turn (`run`): each a thin call into the plain function that does it."""
 
 from __future__ import annotations
@@ -178,6 +178,33 @@ def settle(task: TaskName, data_dir: DataDir = None, project: Project = None) ->
     except PromotionError as exc:
         fail(str(exc))
     typer.echo(f"{task}: {result.outcome}: {result.reason}")
+
+
+@app.command()
+def optimize(task: TaskName, data_dir: DataDir = None, project: Project = None,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="Search and report; change nothing.")] = False,
+             ) -> None:  # fmt: skip
+    """Search the serving options of the task's production model (dtype, int8, merged LoRA, speculation,
+    batch, threads) on its benchmark through the running service; apply the cheapest whose quality is
+    not significantly worse and whose p95 meets the task's latency_slo_ms (undo: `flywheel rollback`)."""
+    from evals.optimizer import NothingToOptimize, markdown
+    from evals.types import EvalError
+    from flywheel.registry.promotion import PromotionError
+    from pipelines.loop import optimize_stage, service_key
+
+    settings = settings_of(data_dir)
+    resolved = task_of(settings, task, project=project)
+    try:
+        with service_key(settings, resolved.project) as key:
+            result = optimize_stage(settings, resolved, key=key, apply=not dry_run)
+    except NothingToOptimize as exc:
+        fail(str(exc), 2)
+    except (EvalError, PromotionError) as exc:
+        fail(str(exc))
+    typer.echo(markdown(result))
+    typer.echo(f"report: {result.report}")
+    if result.applied:
+        typer.echo(f"{task} → {result.pick.model} (undo: flywheel rollback --task {task})")
 
 
 @app.command()

@@ -111,7 +111,7 @@ def record_decision(con: Connection, *, project: str, task: str, model: str, rea
 
 
 def history(con: Connection, *, project: str, task: str) -> list[dict]:
-    """Every promotion, rollback, removal, refusal and canary wait of a task, oldest first."""
+    """Every promotion, rollback, optimization, removal, refusal and canary wait of a task, oldest first."""
     result = con.execute(
         "SELECT ts, alias, action, model, previous_model, reason, evidence FROM deployment_events"
         " WHERE project = ? AND task = ? ORDER BY ts, rowid", [project, task])  # fmt: skip

@@ -22,7 +22,7 @@ from flywheel.registry.models import candidate
 from flywheel.settings import Settings
 
 __all__ = ["QUALITY_RULES", "Decision", "Evidence", "GateConfig", "PromotionError", "decide", "http_loader",
-           "promote", "rollback"]  # fmt: skip
+           "http_unloader", "promote", "rollback"]  # fmt: skip
 
 
 class PromotionError(RuntimeError):
@@ -48,6 +48,20 @@ def http_loader(base_url: str, api_key: str, route: str | None = None) -> Callab
             raise PromotionError(f"the serving tier refused to load {name!r}: {r.status_code} {r.text[:300]}")
 
     return load
+
+
+def http_unloader(base_url: str, api_key: str) -> Callable[[str], None]:
+    """Unload a model from a running Flywheel gateway or vLLM server (tidying: a failure changes
+    nothing that serves, so it is not an error)."""
+
+    def unload(name: str) -> None:
+        try:
+            httpx.post(f"{base_url.rstrip('/')}/v1/unload_lora_adapter", json={"lora_name": name},
+                       headers={"Authorization": f"Bearer {api_key}"}, timeout=60)  # fmt: skip
+        except httpx.HTTPError:
+            pass
+
+    return unload
 
 
 def promote(settings: Settings, *, project: str, task: str, model: str, path: str, decision: Decision,
@@ -111,7 +125,7 @@ def rollback(settings: Settings, *, project: str, task: str, reason: str = "manu
 
 def _last_production_change(con: store.Connection, project: str, task: str) -> dict:
     events = [e for e in deployments.history(con, project=project, task=task)
-              if e["alias"] == "production" and e["action"] in ("promote", "rollback")
+              if e["alias"] == "production" and e["action"] in ("promote", "rollback", "optimize")
               and e["model"] != e["previous_model"]]  # fmt: skip
     if not events or events[-1]["previous_model"] is None:
         raise PromotionError(f"task {task!r} has no previous production model to roll back to")

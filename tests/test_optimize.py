@@ -1,0 +1,137 @@
+"""`flywheel optimize` through a real `flywheel serve` process on a tiny local model: the search
+refuses every option when the task's latency objective cannot be met, and otherwise applies its
+pick as a deployment event that a restarted service keeps and `flywheel rollback` undoes.
+
+The route decodes one request at a time (`max_batch = 1`) while the benchmark sends eight at once,
+so the options that batch eight rows are plainly cheaper (one forward pass for eight rows); all options here are lossless (float32,
+no speculation), so the pick must answer exactly as the adapter it was made from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import Server, auth, make_keys
+from test_gateway import make_adapter
+from test_restart import deploy, register, text
+
+from flywheel import store
+from flywheel.registry.deployments import history, holder
+from flywheel.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from flywheel.demo.tiny import build_tiny_model, ticket_texts
+
+    root = tmp_path_factory.mktemp("optimize")
+    base = str(build_tiny_model(root / "base", ticket_texts(200), max_length=96))
+    adapter = make_adapter(base, root / "ada", 1)
+    golden = root / "golden.jsonl"
+    golden.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"ticket {i}: my parcel is late"},
+                                                       {"role": "assistant", "content": "shipping"}]}) + "\n"
+                              for i in range(16)))  # fmt: skip
+    spec = root / "bench.yaml"
+    spec.write_text(f"name: triage-bench\nsource: {{golden: {golden}}}\nsampling: {{max_tokens: 16, temperature: 0}}\n"
+                    "metrics: [{type: rouge_l}]\n")  # fmt: skip
+    data = root / "data"
+    data.mkdir()
+    server = Server(data)
+    key = make_keys(data, "acme", role="admin")["acme"]
+    configure(data, server.port, base, spec, slo_ms=0.001)
+    register(data, "sft-1", adapter=adapter)
+    deploy(data, "triage", "sft-1")
+    server.start()
+    yield {"data": data, "server": server, "key": key, "base": base, "spec": spec}
+    server.proc.kill()
+
+
+def configure(data, port: int, base: str, spec, *, slo_ms: float) -> None:
+    (data / "flywheel.toml").write_text(f"""
+port = {port}
+[serving]
+adapter_dirs = ["{data.parent}"]    # the test's adapter (a promotion loads only its project's or these)
+[gateway]
+max_tokens = 16
+alias_refresh_s = 0.2
+[routes.tiny]
+kind = "local"
+path = "{base}"
+max_batch = 1
+[tasks.triage]
+project = "acme"
+route = "tiny"
+benchmark = "{spec}"
+latency_slo_ms = {slo_ms}
+[optimize]
+dtypes = ["float32"]
+quantize = ["none"]
+merge = [false, true]
+speculative = ["off"]
+max_batch = [8]
+concurrency = 8
+first_rung = 8
+""")
+
+
+def optimize(data, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flywheel.cli", "optimize", "--task", "triage", "--data-dir", str(data),
+                           *args], check=False, capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def production(data) -> str:
+    with store.connect(load_settings(data).db_path) as con:
+        return holder(con, project="acme", task="triage")
+
+
+def events(data) -> list[dict]:
+    with store.connect(load_settings(data).db_path) as con:
+        return history(con, project="acme", task="triage")
+
+
+def test_no_option_is_applied_when_none_meets_the_latency_objective(world):
+    data = world["data"]
+    done = optimize(data)
+    assert done.returncode == 0, done.stderr
+    assert "no option meets the latency objective (p95 <= 0.001 ms)" in done.stdout
+    assert production(data) == "sft-1" and [e["action"] for e in events(data)] == ["promote"]
+    # every option was measured and refused for its latency, none for failing
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| fp32-")]
+    assert len(rows) == 3 and all("over the objective" in row or "pruned" in row for row in rows), done.stdout
+    # the variants loaded for the search were unloaded again: only the route and the adapter remain
+    listed = httpx.get(f"{world['server'].url}/v1/models", headers=auth(world["key"])).json()["data"]
+    assert not [m["id"] for m in listed if "@" in m["id"]]
+
+
+def test_the_pick_serves_after_a_restart_and_rolls_back(world):
+    data, server, key = world["data"], world["server"], world["key"]
+    configure(data, server.port, world["base"], world["spec"], slo_ms=60_000)
+    before = text(server, key, "triage")
+    done = optimize(data)
+    assert done.returncode == 0, done.stderr
+    picked = production(data)
+    assert picked.startswith("sft-1@fp32-") and picked.endswith("-b8"), done.stdout  # a batching option won
+    assert f"triage → {picked}" in done.stdout
+    last = events(data)[-1]
+    evidence = json.loads(last["evidence"]) if isinstance(last["evidence"], str) else last["evidence"]
+    assert last["action"] == "optimize" and last["model"] == picked and last["previous_model"] == "sft-1"
+    assert evidence["compute_s_per_1k"] < evidence["current_compute_s_per_1k"]
+    assert evidence["quality_verdict"] != "worse" and evidence["p95_ms"] <= 60_000
+    assert text(server, key, "triage") == before  # lossless: the same greedy answer, served by the variant
+
+    server.kill()  # the pick is in the database, not only in the process that loaded it
+    server.start()
+    assert production(data) == picked
+    assert text(server, key, "triage") == before
+    assert picked in [m["id"] for m in httpx.get(f"{server.url}/v1/models", headers=auth(key)).json()["data"]]
+
+    done = subprocess.run([sys.executable, "-m", "flywheel.cli", "rollback", "--task", "triage", "--data-dir", str(data)],
+                          check=False, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert production(data) == "sft-1" and events(data)[-1]["action"] == "rollback"
+    assert text(server, key, "triage") == before

@@ -1,0 +1,211 @@
+"""Variants (issue 16, item 3, serving side): a model served with its own serving option.
+
+A variant folder (`serving.json`: an adapter or model folder and a `ServingOption`) loads wherever a
+model folder does: in the engine's `adapters` at start, through `POST /v1/load_lora_adapter`, and
+from a deployment at a restart. Lossless options (fp32, merged or not, with n-gram speculation)
+answer exactly as the plain adapter (or whole model) does under greedy decoding; bf16 and int8
+answer; a variant's `max_batch` caps its running rows and its `threads` are those of its forward
+passes; a bad `serving.json` is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import auth, make_keys
+from lively_model import TICKETS, build_lively_model
+from test_engine_batching import LONG, SHORT, Log, solo
+from test_gateway import make_adapter
+from test_restart import deploy, register
+
+from flywheel.optimize.options import ServingOption, variant_id, write_variant
+from flywheel.settings import load_settings
+from serving.app import create_app, in_thread
+from serving.engine import Engine, Generation
+from serving.model_check import ModelLoadError
+
+pytestmark = pytest.mark.slow  # (tiny models are built once per module; a few engines decode some hundred tokens)
+OPTIONS = {
+    "merged": ServingOption(merge=True),
+    "ngram": ServingOption(speculative="ngram"),
+    "bf16": ServingOption(dtype="bfloat16"),
+    "int8": ServingOption(quantize="int8", merge=True),
+    "one-row": ServingOption(merge=True, max_batch=1),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    """The lively base, an adapter of it, and a variant folder of the adapter per option of OPTIONS."""
+    root = tmp_path_factory.mktemp("models")
+    base = build_lively_model(root / "base")
+    ada = make_adapter(base, root / "ada", 1)
+    variants = {name: str(write_variant(root / f"v-{name}", option, ada, "ada")) for name, option in OPTIONS.items()}
+    # a whole model's variant: the base itself, with n-gram speculation
+    variants["whole"] = str(write_variant(root / "v-whole", ServingOption(speculative="ngram"), base, "base"))
+    return {"base": base, "ada": ada, **variants}
+
+
+@pytest.fixture(scope="module")
+def engine(models):
+    """Every variant loaded at start, beside the plain adapter."""
+    engine = Engine(models["base"], adapters={k: v for k, v in models.items() if k != "base"}, max_batch=8,
+                    max_wait_ms=0)  # fmt: skip
+    yield engine
+    engine.close()
+
+
+def test_lossless_variants_answer_as_the_plain_adapter(engine):
+    assert engine.failed == {} and {*OPTIONS, "whole"} <= set(engine.full_models)
+    prompts = [engine.encode_prompt(t) for t in TICKETS[:4]]
+    expected = [solo(engine, ids, 24, "ada") for ids in prompts]
+    assert expected != [solo(engine, ids, 24) for ids in prompts], "the adapter changes nothing: this proves nothing"
+    assert [solo(engine, ids, 24, "merged") for ids in prompts] == expected
+    drafted = engine.drafted
+    assert [solo(engine, ids, 24, "ada") for ids in prompts] == expected and engine.drafted == drafted  # route: off
+    assert [solo(engine, ids, 24, "ngram") for ids in prompts] == expected
+    assert engine.drafted > drafted and engine.accepted > 0, "the ngram variant did not speculate"
+    assert [solo(engine, ids, 24, "whole") for ids in prompts] == [solo(engine, ids, 24) for ids in prompts]
+
+
+def test_bf16_and_int8_variants_load_and_answer(engine):
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    ids = engine.encode_prompt(TICKETS[0])
+    for name in ("bf16", "int8"):
+        log = Log()
+        log.submit(engine, name, ids, SHORT, adapter=name)
+        log.wait()
+        assert log.done[name]["finish_reason"] in ("stop", "length") and log.done[name]["completion_tokens"] >= 1
+    assert engine.full_models["bf16"].dtype == torch.bfloat16
+    int8 = engine.full_models["int8"]
+    assert any(isinstance(m, Int8Linear) for m in int8.modules())
+    assert not any(type(m) is torch.nn.Linear for m in int8.modules()), "a Linear layer was left in float"
+
+
+def test_a_variant_decodes_no_more_rows_than_its_max_batch(engine):
+    prompts = [engine.encode_prompt(t) for t in TICKETS[:3]]
+    orders = {}
+    for model in ("ada", "one-row"):
+        log = Log()
+        log.submit(engine, "r0", prompts[0], LONG, adapter=model)
+        while not log.events:  # the first is decoding when the others come
+            log.finished["r0"].wait(0.01)
+        for i in (1, 2):
+            log.submit(engine, f"r{i}", prompts[i], SHORT, adapter=model)
+        log.wait()
+        assert log.done["r0"]["finish_reason"] == "length", "the long request ended early: it proves nothing"
+        orders[model] = log
+    ada, one = orders["ada"], orders["one-row"]
+    assert ada.first("r1", "token") < ada.first("r0", "done")  # a plain adapter's rows run together
+    starts = sorted(("r0", "r1", "r2"), key=lambda r: one.first(r, "token"))
+    for earlier, later in itertools.pairwise(starts):  # the variant's: each starts once the one before finished
+        assert one.first(earlier, "done") < one.first(later, "token")
+    assert one.texts == {r: solo(engine, prompts[i], LONG if r == "r0" else SHORT, "one-row")
+                         for i, r in enumerate(("r0", "r1", "r2"))}  # fmt: skip
+
+
+def test_a_variants_forward_passes_use_its_threads(models):
+    import torch
+
+    default = torch.get_num_threads()
+    folder = write_variant(Path(models["merged"] + "-threads"), ServingOption(merge=True, threads=default + 1),
+                           models["ada"], "ada")  # fmt: skip
+    engine = Engine(models["base"], adapters={"ada": models["ada"], "threaded": str(folder)}, max_batch=8,
+                    max_wait_ms=0)  # fmt: skip
+    seen: dict[str, set[int]] = {"ada": set(), "threaded": set()}
+    finished = {name: threading.Event() for name in seen}
+    try:
+        for name in list(seen):  # together: the two batches' passes alternate step by step
+
+            def emit(delta: str, done: dict | None, name=name) -> None:  # (in the engine thread, after its pass)
+                seen[name].add(torch.get_num_threads())
+                if done is not None:
+                    finished[name].set()
+
+            engine.submit(Generation(prompt_ids=engine.encode_prompt(TICKETS[1]), max_tokens=SHORT, emit=emit,
+                                     temperature=0, adapter=name))  # fmt: skip
+        assert all(event.wait(120) for event in finished.values())
+    finally:
+        engine.close()
+    assert seen == {"ada": {default}, "threaded": {default + 1}}
+
+
+def test_a_bad_variant_is_a_model_load_error_naming_the_field(engine, models, tmp_path):
+    cases = {
+        "dtype": {"source": models["ada"], "option": {"dtype": "float16"}},
+        "speed": {"source": models["ada"], "option": {"speed": "max"}},
+        "quantize": {"source": models["ada"], "option": {"quantize": "int8"}},  # an adapter: int8 needs merge
+        "source": {"source": str(tmp_path / "gone"), "option": {}},
+    }
+    for field, spec in cases.items():
+        folder = tmp_path / field
+        folder.mkdir()
+        (folder / "serving.json").write_text(json.dumps({"parent": "ada", **spec}))
+        with pytest.raises(ModelLoadError, match=field) as info:
+            engine.load_adapter(f"bad-{field}", str(folder)).result(60)
+        assert str(folder) in str(info.value)
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "serving.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot read the variant"):
+        engine.load_adapter("bad-corrupt", str(tmp_path / "corrupt")).result(60)
+    assert not any(name.startswith("bad-") for name in engine.adapters)
+
+
+def test_variants_load_over_http_and_after_a_restart(models, tmp_path):
+    """`flywheel serve`: a deployed variant is loaded at start; another loads, answers and unloads at
+    runtime; a variant with an invalid option value is a 400 naming the field."""
+    home = tmp_path
+    (home / "flywheel.toml").write_text(f"""
+[gateway]
+max_tokens = 8
+[routes.tiny]
+kind = "local"
+path = "{models['base']}"
+adapters = {{ "ada" = "{models['ada']}" }}
+[tasks.triage]
+project = "acme"
+route = "tiny"
+""")
+    key = make_keys(home, "acme", role="admin")["acme"]
+    folders = {}
+    for name, option in (("deployed", ServingOption(merge=True)), ("runtime", ServingOption(speculative="ngram"))):
+        model = variant_id(f"cand-{name}", option)
+        folders[name] = write_variant(home / "models" / "triage" / model, option, models["ada"], "cand")
+        register(home, model, merged=str(folders[name]))
+    bad = home / "models" / "triage" / "cand-bad"
+    bad.mkdir(parents=True)
+    (bad / "serving.json").write_text(json.dumps({"parent": "cand", "source": models["ada"],
+                                                  "option": {"dtype": "float16"}}))  # fmt: skip
+    register(home, "cand-bad", merged=str(bad))
+    deploy(home, "triage", folders["deployed"].name)
+
+    with in_thread(create_app(load_settings(home))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+
+        def say(model: str) -> str:
+            return client.chat.completions.create(model=model, messages=[{"role": "user", "content": TICKETS[2]}],
+                                                  temperature=0, max_tokens=8).choices[0].message.content  # fmt: skip
+
+        expected = say("ada")
+        assert say("triage") == expected  # the deployed variant, loaded at start
+        load = httpx.post(f"{url}/v1/load_lora_adapter", headers=auth(key), timeout=120,
+                          json={"lora_name": "runtime-variant", "lora_path": str(folders["runtime"])})  # fmt: skip
+        assert load.status_code == 200, load.text
+        assert "runtime-variant" in {m.id for m in client.models.list()}
+        assert say("runtime-variant") == expected
+        refused = httpx.post(f"{url}/v1/load_lora_adapter", headers=auth(key), timeout=120,
+                             json={"lora_name": "bad-variant", "lora_path": str(bad)})  # fmt: skip
+        assert refused.status_code == 400, refused.text
+        assert "option.dtype" in refused.json()["error"]["message"] and str(bad) in refused.json()["error"]["message"]
+        gone = httpx.post(f"{url}/v1/unload_lora_adapter", headers=auth(key), json={"lora_name": "runtime-variant"})
+        assert gone.status_code == 200, gone.text
+        with pytest.raises(openai.NotFoundError):
+            say("runtime-variant")
