@@ -121,17 +121,18 @@ class Optimization:
 
 
 def observed_concurrency(settings: Settings, project: str, task: str, window: int = 1000) -> int:
-    """Requests of the task in flight on average over its last `window` recorded interactions
-    (Little's law: arrival rate × mean latency), rounded up; 1 without enough traffic."""
+    """The requests in flight that a request of the task meets when it arrives (itself included), at the
+    90th percentile over its last `window` recorded interactions; 1 without traffic. (Each interaction
+    ran from `ts - latency_ms` to `ts`. An average over time, Little's law, would count the idle hours
+    between an app's bursts and ask for far less than the bursts need.)"""
     with store.connect(settings.db_path, read_only=True) as con:
         row = con.execute(
-            "SELECT count(*), epoch(max(ts)) - epoch(min(ts)), sum(latency_ms) FROM (SELECT ts, latency_ms"
-            " FROM interactions WHERE project = ? AND task = ? AND latency_ms IS NOT NULL ORDER BY ts DESC LIMIT ?)",
-            [project, task, window]).fetchone()  # fmt: skip
-    n, span_s, busy_ms = row
-    if not n or n < 2 or not span_s:
-        return 1
-    return max(1, min(64, math.ceil(busy_ms / 1000 / span_s)))
+            "WITH r AS (SELECT row_number() OVER () AS i, ts - to_microseconds(CAST(latency_ms * 1000 AS BIGINT)) AS s,"
+            "  ts AS e FROM (SELECT ts, latency_ms FROM interactions WHERE project = ? AND task = ?"
+            "  AND latency_ms IS NOT NULL ORDER BY ts DESC LIMIT ?))"
+            " SELECT quantile_disc(n, 0.9) FROM (SELECT a.i, count(*) AS n FROM r a JOIN r b ON b.s <= a.s AND a.s < b.e"
+            "  GROUP BY a.i)", [project, task, window]).fetchone()  # fmt: skip
+    return max(1, min(64, int(row[0] or 1)))
 
 
 def _serving_now(settings: Settings, task: Task) -> tuple[str, str, str, ServingOption]:
@@ -154,6 +155,9 @@ def _measure(settings: Settings, task: Task, service: Service, spec: BenchmarkSp
     sampler = service.sampler(model, concurrency)
     _apply_sampling(sampler, spec)
     try:
+        # A first round of requests, unrecorded: a freshly loaded model's first passes allocate and warm
+        # caches, which would bill it for what the option serving now paid before the search.
+        sampler.batch([e.messages for e in examples[:concurrency]], tools=[e.tools for e in examples[:concurrency]])
         run = run_benchmark(settings.db_path, project=task.project, task=task.name, benchmark_id=spec.name,
                             version=benchmark_version(spec, examples), examples=examples,
                             metrics=spec.quality_metrics(), sampler=sampler, resume=False)  # fmt: skip

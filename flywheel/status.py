@@ -3,6 +3,7 @@ who serves what and the last decision, in one read-only query over the store."""
 
 from __future__ import annotations
 
+from flywheel.optimize.variants import METHOD as VARIANT
 from flywheel.store import Connection
 
 
@@ -15,7 +16,8 @@ def task_overview(con: Connection, task: str | None = None) -> list[tuple]:
         " f AS (SELECT i.project, i.task, count(*) AS n FROM feedback f"
         "  JOIN interactions i ON i.project = f.project AND i.id = f.interaction_id GROUP BY ALL),"
         " d AS (SELECT project, task, arg_max(id, created_at) AS latest, count(*) AS n FROM datasets GROUP BY ALL),"
-        " m AS (SELECT project, task, count(*) FILTER (status = 'ready') AS ready, count(*) AS n FROM models GROUP BY ALL),"
+        " m AS (SELECT project, task, count(*) FILTER (status = 'ready') AS ready, count(*) AS n FROM models"
+        f"  WHERE method <> '{VARIANT}' GROUP BY ALL),"  # candidates: serving variants of them are not more of them
         " p AS (SELECT project, task, string_agg(alias || '=' || model, ', ' ORDER BY alias DESC) AS serving"
         "  FROM deployments GROUP BY ALL),"
         " e AS (SELECT project, task, arg_max(action || ' ' || coalesce(model, '') || ': ' || reason, ts) AS last"

@@ -16,14 +16,18 @@ from pipelines.demo import PROJECT, run_demo
 pytestmark = pytest.mark.slow
 
 
-def test_one_turn_of_the_loop(tmp_path):
+def test_one_turn_of_the_loop(tmp_path, monkeypatch):
     home = tmp_path / "demo"
+    # The flow optimizes after a promotion to production: here over one option besides the adapter (merged)
+    for name, value in (("AFTER_PROMOTION", "true"), ("DTYPES", '["float32"]'), ("QUANTIZE", '["none"]'),
+                        ("MERGE", "[true]"), ("SPECULATIVE", '["off"]')):  # fmt: skip
+        monkeypatch.setenv(f"FLYWHEEL_OPTIMIZE__{name}", value)
     rows = run_demo(home, turns=1, per_turn=300, student="tiny")  # seconds per turn; the SmolLM2 default takes minutes
     assert len(rows) == 1 and rows[0]["served_by"] == "simulated-gpt-large"
     settings = load_settings(home)
     with store.connect(settings.db_path, read_only=True) as con:
         recorded = con.execute("SELECT count(*) FROM interactions WHERE source = 'gateway'").fetchone()[0]
-        models = con.execute("SELECT id, status FROM models").fetchall()
+        models = con.execute("SELECT id, status FROM models WHERE method <> 'serving-option'").fetchall()
         runs = con.execute("SELECT model, status FROM eval_runs ORDER BY started_at").fetchall()
         events = history(con, project=PROJECT, task=TASK)
         serving = {d.alias: d.model for d in deployments(con, PROJECT)}
@@ -31,9 +35,15 @@ def test_one_turn_of_the_loop(tmp_path):
     assert recorded >= 300 + 150  # the turn's traffic and the final traffic went through the gateway
     assert len(models) == 1 and models[0][1] == "ready"
     assert sorted(runs) == sorted([(models[0][0], "done"), ("incumbent", "done")])
-    decision = events[-1]
+    decision, optimized = events[-1], []
+    if decision["action"] == "optimize":  # the flow's last stage moved production to a serving variant
+        decision, optimized = events[-2], [decision]
     assert decision["model"] == models[0][0] and decision["action"] in ("promote", "refuse")
-    assert serving["production"] == (models[0][0] if decision["action"] == "promote" else "incumbent")
+    promoted = decision["action"] == "promote"
+    assert serving["production"] == (optimized[0]["model"] if optimized else models[0][0] if promoted else "incumbent")
+    # a promotion to production is followed by the search (its report written, applied or not); a refusal is not
+    assert len(list((home / "reports" / "optimize" / TASK).glob("*/report.md"))) == (1 if promoted else 0)
+    assert not optimized or optimized[0]["model"].startswith(models[0][0] + "@fp32-merged-off")
     assert (home / "reports" / "demo.html").exists()
     assert keys[0] >= 2 and keys[0] == keys[1]  # the app's key and the turn's service key, revoked after use
     status = subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "--data-dir", str(home)],

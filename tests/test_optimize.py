@@ -22,7 +22,26 @@ from flywheel import store
 from flywheel.registry.deployments import history, holder
 from flywheel.settings import load_settings
 
-pytestmark = pytest.mark.slow
+
+def test_observed_concurrency_is_what_a_burst_of_requests_meets(tmp_path):
+    """Bursts of 4 overlapping calls an hour apart: 4 in flight, however idle the hours between."""
+    import msgspec
+
+    from evals.optimizer import observed_concurrency
+    from flywheel.ingest.interactions import write_interactions
+    from flywheel.ingest.records import Limits, interaction_row
+
+    settings = load_settings(tmp_path)
+    with store.connect(settings.db_path):  # (created, empty)
+        pass
+    assert observed_concurrency(settings, "acme", "triage") == 1  # no traffic yet
+    items = [{"id": f"{burst}-{i}", "task": "triage", "model": "m", "prompt": "q", "response": "a", "latency_ms": 2000,
+              "ts": f"2026-12-01T{10 + burst:02d}:00:0{i}Z"} for burst in range(3) for i in range(4)]  # fmt: skip
+    with store.connect(settings.db_path) as con:
+        write_interactions(con, [interaction_row(msgspec.json.encode(i), project="acme", redact=False,
+                                                 limits=Limits(1000, 10)) for i in items])  # fmt: skip
+    assert observed_concurrency(settings, "acme", "triage") == 2  # each call meets the one before it (2 s long, 1 s apart)
+    assert observed_concurrency(settings, "acme", "other") == 1
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +113,7 @@ def events(data) -> list[dict]:
         return history(con, project="acme", task="triage")
 
 
+@pytest.mark.slow
 def test_no_option_is_applied_when_none_meets_the_latency_objective(world):
     data = world["data"]
     done = optimize(data)
@@ -108,6 +128,7 @@ def test_no_option_is_applied_when_none_meets_the_latency_objective(world):
     assert not [m["id"] for m in listed if "@" in m["id"]]
 
 
+@pytest.mark.slow
 def test_the_pick_serves_after_a_restart_and_rolls_back(world):
     data, server, key = world["data"], world["server"], world["key"]
     configure(data, server.port, world["base"], world["spec"], slo_ms=60_000)
