@@ -23,6 +23,7 @@ fewer requests per level (SIZES).
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -137,43 +138,62 @@ def _arrivals(engine, ids: list[list[int]], limits: list[int], gaps: list[float]
 
 def speculation(path: str, n: int, tokens: int) -> None:
     """Concurrency 1 on the demo's traffic (support tickets to route, the demo's system prompt), each
-    prompt on a plain and an n-gram speculating engine in turn, so both see the same CPU load."""
+    prompt on a plain, an n-gram and a trained-draft engine in turn, so all see the same CPU load.
+    The trained draft (flywheel.optimize.draft) is built from the model's own answers to n other
+    tickets, as the loop builds it from the answers of the production model's training data."""
     from flywheel.demo.world import SYSTEM, ticket
+    from flywheel.optimize.draft import DRAFT_FILE, build_table
+    from flywheel.optimize.options import ServingOption, write_variant
     from serving.engine import Engine, Generation
 
     engines = {mode: Engine(path, max_batch=1, max_wait_ms=0, speculative=mode) for mode in ("off", "ngram")}
     rng = random.Random(0)
-    texts = {mode: [] for mode in engines}
-    spent, produced = dict.fromkeys(engines, 0.0), dict.fromkeys(engines, 0)
-    try:
-        for engine in engines.values():  # warm up (the first passes are slow)
-            _arrivals(engine, [engine.encode_prompt(PROMPTS[0])], [4], [0.0])
-        for _ in range(n):
-            ids = engines["off"].encode_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket(rng)[0]}])
-            for mode, engine in engines.items():
-                pieces, finished = [], threading.Event()
+    chat = lambda: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket(rng)[0]}]  # noqa: E731
+    texts = {mode: [] for mode in (*engines, "table")}
+    spent, produced = dict.fromkeys(texts, 0.0), dict.fromkeys(texts, 0)
 
-                def emit(delta: str, last: dict | None, pieces=pieces, finished=finished, mode=mode) -> None:
-                    pieces.append(delta)
-                    if last is not None:
-                        produced[mode] += last["completion_tokens"]
-                        finished.set()
+    def run(mode: str, engine: Engine, ids: list[int], adapter: str | None = None) -> str:
+        pieces, finished = [], threading.Event()
 
-                t0 = time.perf_counter()
-                engine.submit(Generation(prompt_ids=ids, max_tokens=tokens, emit=emit, temperature=0))
-                finished.wait()
-                spent[mode] += time.perf_counter() - t0
-                texts[mode].append("".join(pieces))
-    finally:
-        for engine in engines.values():
-            engine.close()
+        def emit(delta: str, last: dict | None) -> None:
+            pieces.append(delta)
+            if last is not None:
+                produced[mode] += last["completion_tokens"]
+                finished.set()
+
+        t0 = time.perf_counter()
+        engine.submit(Generation(prompt_ids=ids, max_tokens=tokens, emit=emit, temperature=0, adapter=adapter))
+        finished.wait()
+        spent[mode] += time.perf_counter() - t0
+        return "".join(pieces)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for engine in engines.values():  # warm up (the first passes are slow)
+                _arrivals(engine, [engine.encode_prompt(PROMPTS[0])], [4], [0.0])
+            train = [chat() for _ in range(n)]
+            answers = [run("off", engines["off"], engines["off"].encode_chat(c)) for c in train]
+            spent["off"] = produced["off"] = 0
+            table = build_table(engines["off"].tokenizer, [(c, None, {"role": "assistant", "content": a})
+                                                           for c, a in zip(train, answers)])  # fmt: skip
+            folder = write_variant(Path(tmp) / "table", ServingOption(speculative="table"), path, "base")
+            (folder / DRAFT_FILE).write_text(json.dumps({"table": [[*k, t] for k, t in table.items()]}))
+            engines["table"] = Engine(path, adapters={"table": str(folder)}, max_batch=1, max_wait_ms=0)
+            _arrivals(engines["table"], [engines["table"].encode_prompt(PROMPTS[0])], [4], [0.0])
+            for _ in range(n):
+                ids = engines["off"].encode_chat(chat())
+                for mode, engine in engines.items():
+                    texts[mode].append(run(mode, engine, ids, "table" if mode == "table" else None))
+        finally:
+            for engine in engines.values():
+                engine.close()
     tps = {mode: produced[mode] / spent[mode] for mode in engines}
-    ngram = engines["ngram"]
-    same = sum(a == b for a, b in zip(texts["off"], texts["ngram"]))
-    print(f"speculative decoding, concurrency 1, {n} support tickets (demo traffic), up to {tokens} tokens: plain "
-          f"{tps['off']:,.1f} tokens/s, n-gram {tps['ngram']:,.1f} tokens/s ({tps['ngram'] / tps['off']:.2f}x) "
-          f"[target >= 1.5x]; drafts: {ngram.accepted}/{ngram.drafted} tokens accepted "
-          f"({ngram.accepted / max(ngram.drafted, 1):.0%}); identical outputs {same}/{n}")  # fmt: skip
+    for mode, label in (("ngram", "n-gram (prompt lookup)"), ("table", f"trained draft ({len(table)} n-grams)")):
+        e, same = engines[mode], sum(a == b for a, b in zip(texts["off"], texts[mode]))
+        print(f"speculative decoding, concurrency 1, {n} support tickets (demo traffic), up to {tokens} tokens: plain "
+              f"{tps['off']:,.1f} tokens/s, {label} {tps[mode]:,.1f} tokens/s ({tps[mode] / tps['off']:.2f}x) "
+              f"[target >= 1.5x]; drafts: {e.accepted}/{e.drafted} tokens accepted "
+              f"({e.accepted / max(e.drafted, 1):.0%}); identical outputs {same}/{n}")  # fmt: skip
 
 
 def load(client: openai.OpenAI, model: str, prompts: list[str], tokens: int, concurrency: int):

@@ -11,8 +11,9 @@ it on the task's private benchmark, at the task's observed concurrency:
   `[evals] hardware_usd_per_hour`. Options are ranked by that compute time, so the ranking holds
   when no price is set.
 
-Successive halving prunes: every option answers `first_rung` examples; failed, significantly worse
-and dominated options drop out, then the costlier half, and the rest answer twice as many, up to
+Successive halving prunes: every option answers `first_rung` examples; failed and significantly worse
+options drop out, and those costlier than the current one (which could never be picked), then the
+costlier half (two stay at least), and the rest answer twice as many, up to
 the whole benchmark, while `time_budget_s` lasts. The pick is the cheapest option measured
 furthest whose quality is not significantly worse than the current option's and whose p95 meets
 `[tasks.T] latency_slo_ms`; with none, the result says why and nothing changes. An option that
@@ -192,9 +193,12 @@ def _judge(settings: Settings, task: Task, rung: list[Measurement], base: Measur
                 m.quality_ci = (bound.ci_low, bound.ci_high) if bound else None
 
 
-def _prune(rung: list[Measurement], base: Measurement, n: int) -> list[Measurement]:
-    """The options that go on to the next rung: the current one, and the cheaper half of those
-    that answered, are not significantly worse, and no other option beats on both cost and quality."""
+def _prune(rung: list[Measurement], base: Measurement, n: int, slo_ms: float | None) -> list[Measurement]:
+    """The options that go on to the next rung: the current one, and the cheaper half (at least two) of
+    those that answered and are not significantly worse. An option that costs more than the current one
+    could never be picked (the pick is the cheapest that qualifies, and the current one does), unless
+    the current one misses the latency objective and it might meet it: only then does it go on."""
+    current_meets = slo_ms is None or (base.p95_ms or math.inf) <= slo_ms
     alive = []
     for m in rung:
         if m is base:
@@ -203,14 +207,13 @@ def _prune(rung: list[Measurement], base: Measurement, n: int) -> list[Measureme
             m.outcome = f"failed: {m.error}"
         elif m.verdict == WORSE:
             m.outcome = f"pruned at {n} examples: quality significantly worse"
-        elif beaten := next((o for o in rung if o is not m and o.error is None and o.verdict != WORSE
-                             and o.compute_s_per_1k <= m.compute_s_per_1k and (o.quality or 0) >= (m.quality or 0)
-                             and (o.compute_s_per_1k, o.quality) != (m.compute_s_per_1k, m.quality)), None):  # fmt: skip
-            m.outcome = f"pruned at {n} examples: dominated by {beaten.option.name}"
+        elif current_meets and m.compute_s_per_1k >= base.compute_s_per_1k:
+            m.outcome = f"pruned at {n} examples: costlier than {base.option.name}"
         else:
             alive.append(m)
     alive.sort(key=lambda m: m.compute_s_per_1k)
-    keep = math.ceil(len(alive) / 2)
+    # At least two go on: the cheapest is often cheap for a reason (int8) that only more examples show.
+    keep = max(2, math.ceil(len(alive) / 2))
     for m in alive[keep:]:
         m.outcome = f"pruned at {n} examples: in the costlier half"
     return [base, *alive[:keep]]
@@ -271,7 +274,7 @@ def optimize(settings: Settings, task: Task, service: Service) -> Optimization:
             for m in rung:
                 m.outcome = f"failed: {m.error}" if m.error else m.outcome
             break
-        survivors = [m.option for m in _prune(rung, base, n)]
+        survivors = [m.option for m in _prune(rung, base, n, result.latency_slo_ms)]
         _unload(service, models, loaded, [o for o in alive if o not in survivors])
         alive, n = survivors, min(2 * n, len(examples))
     result.measured = [latest[o] for o in options if o in latest]

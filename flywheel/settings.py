@@ -123,12 +123,14 @@ class OptimizeSettings(BaseModel):
                                                     "quantization (float32, merged only).")
     merge: list[bool] = Field([False, True], description="Serve the LoRA as an adapter (false) and/or merged into "
                               "a copy of the base (true).")
-    speculative: list[Literal["off", "ngram"]] = Field(["off", "ngram"], description="Speculative decoding modes to try.")
+    speculative: list[Literal["off", "ngram", "table"]] = Field(["off", "ngram", "table"], description="Speculative "
+                                                                "decoding to try: off, ngram (prompt lookup), table (prompt "
+                                                                "lookup, else a draft table trained on the task's answers).")
     max_batch: list[int] = Field(default_factory=list, description="Most rows decoded together, to try (empty: the "
                                  "route's max_batch only).")
     threads: list[int] = Field(default_factory=list, description="Threads of a decoding step, to try (empty: "
                                "torch's default only).")
-    first_rung: int = Field(8, ge=2, description="Benchmark examples every option answers first; the better half "
+    first_rung: int = Field(16, ge=2, description="Benchmark examples every option answers first; the better half "
                             "goes on to twice as many (successive halving), up to the whole benchmark.")
     time_budget_s: float = Field(900.0, gt=0, description="No new round of the search starts after this many seconds; "
                                  "the pick is made among the options measured furthest.")

@@ -47,7 +47,7 @@ from serving.model_check import (
     is_adapter,
     read_adapter,
 )
-from serving.speculate import MODES, accept, ngram_draft
+from serving.speculate import MODES, accept
 from serving.variants import Variants
 
 log = logging.getLogger("flywheel.engine")
@@ -416,7 +416,7 @@ class Engine:
         """Greedy, unconstrained rows speculate (when decoding alone), if their variant, else the route,
         says so: their output stays the same."""
         mode = self.variants.speculative(row.gen.adapter, self.speculative)
-        return mode == "ngram" and row.gen.temperature < GREEDY_BELOW and row.constraint is None
+        return mode != "off" and row.gen.temperature < GREEDY_BELOW and row.constraint is None
 
     def _speculate(self, key: str | None, batch: Batch, row: _Row) -> Batch | None:
         """Feed the row's next token and a draft after it in one pass; keep what the model agrees with."""
@@ -424,7 +424,7 @@ class Engine:
 
         context = row.gen.prompt_ids + row.tokens  # (its last token is the one it feeds next)
         room = min(row.gen.max_tokens - len(row.tokens), self.context_length - len(context)) - 1
-        draft = ngram_draft(context)[:max(room, 0)]
+        draft = self.variants.draft(row.gen.adapter, context)[:max(room, 0)]
         model = self._model(key)
         ids = torch.tensor([[int(batch.next_ids[0, 0]), *draft]], dtype=torch.long, device=self.device)
         keep = {"logits_to_keep": len(draft) + 1} if last_logits_only(model) else {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-MODES = ("off", "ngram")
+MODES = ("off", "ngram")  # a route's; a variant may also use its task's trained draft (serving.variants)
 DRAFT_TOKENS = 6  # the most tokens a draft proposes: beyond this, acceptance falls faster than cost
 LONGEST_MATCH = 3  # the longest tail n-gram looked up; shorter ones are tried when it has no match
 # A single repeated token predicts what follows it poorly (on SmolLM2's answers to the demo's tickets:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from flywheel.optimize.draft import Table, read_table, table_draft
 from flywheel.optimize.options import ServingOption, is_variant, read_variant
 from serving.model_check import ModelLoadError, check_folder, is_adapter
+from serving.speculate import DRAFT_TOKENS, ngram_draft
 
 
 class Variants:
@@ -28,6 +30,7 @@ class Variants:
 
     def __init__(self) -> None:
         self.options: dict[str, ServingOption] = {}
+        self.tables: dict[str, Table] = {}  # the trained drafts of variants with speculative "table"
         self._default_threads: int | None = None  # torch's, in the engine thread before any change
         self._threads: int | None = None  # what the engine thread runs with now
 
@@ -39,6 +42,11 @@ class Variants:
         from transformers import AutoModelForCausalLM
 
         option, source = read(folder)
+        if option.speculative == "table":
+            try:
+                table = read_table(folder)
+            except ValueError as exc:
+                raise ModelLoadError(f"{folder}: option.speculative: {exc}") from None
         if option.quantize == "int8" and engine.device != "cpu":
             raise ModelLoadError(f"{folder}: option.quantize: int8 is dynamic quantization, which runs on CPU only "
                                  f"(route {engine.route!r} runs on {engine.device})")  # fmt: skip
@@ -62,15 +70,24 @@ class Variants:
                 linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
                 model = torch.ao.quantization.quantize_dynamic(model, linears, dtype=torch.qint8)
         self.options[name] = option
+        if option.speculative == "table":
+            self.tables[name] = table
         return model
 
     def forget(self, name: str) -> None:
         self.options.pop(name, None)
+        self.tables.pop(name, None)
 
     def speculative(self, name: str | None, route_mode: str) -> str:
         """The speculative mode of `name`'s rows: its variant's, else the route's."""
         option = self.options.get(name) if name is not None else None
         return option.speculative if option is not None else route_mode
+
+    def draft(self, name: str | None, context: list[int]) -> list[int]:
+        """A speculating row's draft: prompt lookup, else its variant's trained table (if it has one)."""
+        draft = ngram_draft(context)
+        table = self.tables.get(name) if name is not None else None
+        return draft or (table_draft(context, table, DRAFT_TOKENS) if table else [])
 
     def max_batch(self, name: str | None) -> int | None:
         """The most rows of `name` that may decode together (None: the engine's limit, shared with the others)."""

@@ -18,9 +18,10 @@ pytestmark = pytest.mark.slow
 
 def test_one_turn_of_the_loop(tmp_path, monkeypatch):
     home = tmp_path / "demo"
-    # The flow optimizes after a promotion to production: here over one option besides the adapter (merged)
+    # The flow optimizes after a promotion to production: here over two options besides the adapter (merged,
+    # and merged with a draft table trained on the candidate's dataset)
     for name, value in (("AFTER_PROMOTION", "true"), ("DTYPES", '["float32"]'), ("QUANTIZE", '["none"]'),
-                        ("MERGE", "[true]"), ("SPECULATIVE", '["off"]')):  # fmt: skip
+                        ("MERGE", "[true]"), ("SPECULATIVE", '["off", "table"]')):  # fmt: skip
         monkeypatch.setenv(f"FLYWHEEL_OPTIMIZE__{name}", value)
     rows = run_demo(home, turns=1, per_turn=300, student="tiny")  # seconds per turn; the SmolLM2 default takes minutes
     assert len(rows) == 1 and rows[0]["served_by"] == "simulated-gpt-large"
@@ -43,7 +44,7 @@ def test_one_turn_of_the_loop(tmp_path, monkeypatch):
     assert serving["production"] == (optimized[0]["model"] if optimized else models[0][0] if promoted else "incumbent")
     # a promotion to production is followed by the search (its report written, applied or not); a refusal is not
     assert len(list((home / "reports" / "optimize" / TASK).glob("*/report.md"))) == (1 if promoted else 0)
-    assert not optimized or optimized[0]["model"].startswith(models[0][0] + "@fp32-merged-off")
+    assert not optimized or optimized[0]["model"].startswith(models[0][0] + "@fp32-merged-")
     assert (home / "reports" / "demo.html").exists()
     assert keys[0] >= 2 and keys[0] == keys[1]  # the app's key and the turn's service key, revoked after use
     status = subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "--data-dir", str(home)],

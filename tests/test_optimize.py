@@ -91,7 +91,7 @@ latency_slo_ms = {slo_ms}
 dtypes = ["float32"]
 quantize = ["none"]
 merge = [false, true]
-speculative = ["off"]
+speculative = ["off", "table"]    # table: sft-1 has no training dataset to build a draft from
 max_batch = [8]
 concurrency = 8
 first_rung = 8
@@ -121,8 +121,12 @@ def test_no_option_is_applied_when_none_meets_the_latency_objective(world):
     assert "no option meets the latency objective (p95 <= 0.001 ms)" in done.stdout
     assert production(data) == "sft-1" and [e["action"] for e in events(data)] == ["promote"]
     # every option was measured and refused for its latency, none for failing
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| fp32-")]
-    assert len(rows) == 3 and all("over the objective" in row or "pruned" in row for row in rows), done.stdout
+    rows = {line.split(" | ")[0][2:]: line for line in done.stdout.splitlines() if line.startswith("| fp32-")}
+    assert len(rows) == 5, done.stdout
+    # an option that cannot be loaded is recorded with the reason and skipped
+    for name in ("fp32-adapter-table-b8", "fp32-merged-table-b8"):
+        assert "failed: could not load: speculative: table: 'sft-1' has no training dataset" in rows[name]
+    assert all("over the objective" in row or "pruned" in row for row in rows.values() if "failed" not in row), done.stdout
     # the variants loaded for the search were unloaded again: only the route and the adapter remain
     listed = httpx.get(f"{world['server'].url}/v1/models", headers=auth(world["key"])).json()["data"]
     assert not [m["id"] for m in listed if "@" in m["id"]]

@@ -210,3 +210,33 @@ route = "tiny"
         assert gone.status_code == 200, gone.text
         with pytest.raises(openai.NotFoundError):
             say("runtime-variant")
+
+
+def test_a_trained_draft_is_lossless_and_drafts_what_prompt_lookup_cannot(engine, models, tmp_path):
+    """A `table` variant's draft comes from its task's answers (flywheel.optimize.draft): on prompts
+    whose answers it learned, its greedy text is the adapter's, and far more draft tokens are
+    accepted than prompt lookup alone finds."""
+    from flywheel.optimize.draft import DRAFT_FILE, build_table
+
+    chats = [[{"role": "user", "content": t}] for t in TICKETS[:6]]
+    prompts = [engine.encode_chat(c) for c in chats]
+    expected = [solo(engine, ids, 24, "ada") for ids in prompts]
+    examples = [(c, None, {"role": "assistant", "content": text}) for c, text in zip(chats, expected)] * 2
+    table = build_table(engine.tokenizer, examples)
+    assert table, "no n-gram of the answers was kept"
+    folder = write_variant(tmp_path / "v-table", ServingOption(speculative="table"), models["ada"], "ada")
+    entries = [[*key, token] for key, token in table.items()]
+    (folder / DRAFT_FILE).write_text(json.dumps({"dataset": "test", "answers": len(examples), "table": entries}))
+    engine.load_adapter("table", str(folder)).result()
+    accepted = {}
+    for name in ("ngram", "table"):
+        before = engine.accepted
+        assert [solo(engine, ids, 24, name) for ids in prompts] == expected
+        accepted[name] = engine.accepted - before
+    assert accepted["table"] > accepted["ngram"], accepted
+    # a table variant without its table is refused, naming the field
+    bare = write_variant(tmp_path / "v-bare", ServingOption(speculative="table"), models["ada"], "ada")
+    with pytest.raises(ModelLoadError, match="option.speculative"):
+        engine.load_adapter("bare", str(bare)).result()
+    assert "bare" not in engine.adapters
+    engine.unload_adapter("table").result()

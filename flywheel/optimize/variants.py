@@ -2,7 +2,8 @@
 
 A variant is registered in the `models` table like a candidate (method `serving-option`, its folder
 `<home>/models/<task>/<id>/` as `merged_path`, the model it was made from and the option as its
-recipe: its lineage), before the serving tier loads it: the folder is then one the task's project
+recipe: its lineage, with its trained draft's dataset when it has one,
+flywheel.optimize.draft), before the serving tier loads it: the folder is then one the task's project
 may load (serving.adapters confines `lora_path` to its project's candidates' folders).
 
 Applying one loads it first, and only then moves the task's `production` alias, with action
@@ -16,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from flywheel import store
+from flywheel.optimize.draft import write_draft
 from flywheel.optimize.options import ServingOption, variant_id, write_variant
 from flywheel.registry import deployments
 from flywheel.registry.promotion import PromotionError
@@ -33,7 +36,10 @@ def prepare_variant(settings: Settings, *, task: str, parent: str, source: str, 
         return parent, source
     model = variant_id(parent, option)
     folder = write_variant(settings.home / "models" / task / model, option, source, parent)
-    recipe = json.dumps({"parent": parent, "option": option.to_dict()}, sort_keys=True)
+    lineage = {"parent": parent, "option": option.to_dict()}
+    if option.speculative == "table":  # its trained draft, from the answers the parent was trained on
+        lineage["draft"] = _draft(settings, folder, parent, source)
+    recipe = json.dumps(lineage, sort_keys=True)
     with store.connect(settings.db_path) as con:
         con.execute(
             "INSERT INTO models (id, project, task, base_model, method, dataset_id, merged_path, recipe, recipe_hash,"
@@ -42,6 +48,16 @@ def prepare_variant(settings: Settings, *, task: str, parent: str, source: str, 
             [model, task, METHOD, str(folder), recipe, hashlib.sha256(recipe.encode()).hexdigest()[:16], parent,
              model])  # fmt: skip
     return model, str(folder)
+
+
+def _draft(settings: Settings, folder: Path, parent: str, source: str) -> dict:
+    with store.connect(settings.db_path, read_only=True) as con:
+        row = con.execute("SELECT m.base_model, d.id, d.path FROM models m LEFT JOIN datasets d ON d.id = m.dataset_id"
+                          " WHERE m.id = ?", [parent]).fetchone()  # fmt: skip
+    if row is None or row[2] is None:
+        raise ValueError(f"speculative: table: {parent!r} has no training dataset to build its draft from")
+    tokenizer = source if (Path(source) / "tokenizer_config.json").exists() else row[0]
+    return write_draft(folder, tokenizer, row[2], row[1])
 
 
 def apply_option(settings: Settings, *, project: str, task: str, model: str, path: str, reason: str, evidence: dict,
