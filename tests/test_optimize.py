@@ -160,3 +160,30 @@ def test_the_pick_serves_after_a_restart_and_rolls_back(world):
     assert done.returncode == 0, done.stderr
     assert production(data) == "sft-1" and events(data)[-1]["action"] == "rollback"
     assert text(server, key, "triage") == before
+
+
+@pytest.mark.slow
+def test_the_flow_stage_applies_the_pick_and_publishes_the_search(world, prefect_harness):
+    """The `optimize` task of the turn flow (run after a promotion to production): the same search,
+    applied, with the report as Prefect artifacts (markdown and table)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flywheel.task import resolve_task
+    from pipelines.turn import optimize_task
+
+    data = world["data"]
+    assert production(data) == "sft-1"  # (rolled back by the test before)
+    settings = load_settings(data)
+    result = optimize_task(settings, resolve_task(settings, "triage"), world["key"])
+    assert result["applied"] and production(data) == f"sft-1@{result['applied']}"
+
+    async def artifacts():
+        async with get_client() as client:
+            return {a.key: a for a in await client.read_latest_artifacts()}
+
+    published = asyncio.run(artifacts())
+    assert f"**apply {result['applied']}**" in published["optimize-triage"].data
+    table = json.loads(published["optimize-triage-table"].data)
+    assert {row["option"] for row in table} >= {"fp32-adapter-off", result["applied"]}
