@@ -38,7 +38,7 @@ class EvalReport:
     charts: list[Path] = field(default_factory=list)
 
 
-def _apply_sampling(sampler: SamplerBase, spec: BenchmarkSpec) -> None:
+def apply_sampling(sampler: SamplerBase, spec: BenchmarkSpec) -> None:
     # The spec owns the sampling parameters, so every model is asked the same way.
     for attr, value in (("max_tokens", spec.max_tokens), ("temperature", spec.temperature)):
         if hasattr(sampler, attr):
@@ -112,7 +112,7 @@ def evaluate(settings, *, project: str, task: str, benchmark: BenchmarkSpec | st
     runs = []
     for s in (sampler, baseline_sampler):
         if s is not None:
-            _apply_sampling(s, spec)
+            apply_sampling(s, spec)
             runs.append(run_benchmark(settings.db_path, project=project, task=task, benchmark_id=spec.name, version=version,
                                       examples=examples, metrics=metrics, sampler=s, resume=resume,
                                       chunk_size=chunk_size, progress=progress))  # fmt: skip

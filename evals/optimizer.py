@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evals.evaluate import _apply_sampling
+from evals.evaluate import apply_sampling
 from evals.runner import run_benchmark
 from evals.spec import BenchmarkSpec, benchmark_version, load_examples
 from evals.stats import WORSE, compare
@@ -154,7 +154,7 @@ def _measure(settings: Settings, task: Task, service: Service, spec: BenchmarkSp
              model: str, examples: list, concurrency: int) -> Measurement:  # fmt: skip
     m = Measurement(option, model, len(examples))
     sampler = service.sampler(model, concurrency)
-    _apply_sampling(sampler, spec)
+    apply_sampling(sampler, spec)
     try:
         # A first round of requests, unrecorded: a freshly loaded model's first passes allocate and warm
         # caches, which would bill it for what the option serving now paid before the search.

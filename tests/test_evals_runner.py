@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from evals import ContaminationError, EndpointSampler, FunctionSampler, LocalSampler, evaluate
+from evals import ContaminationError, EndpointSampler, FunctionSampler, LocalSampler, SamplerResponse, evaluate
 from evals.spec import BenchmarkSpec
 from flywheel import store
 from flywheel.settings import load_settings
@@ -58,8 +58,10 @@ def rows(settings, sql, *params):
 
 def test_evaluate_stores_runs_and_writes_report(env):
     settings, spec, tmp = env
-    cand = FunctionSampler(rule, model="student", cost_per_request_usd=0.0001)
-    inc = FunctionSampler(sloppy, model="big-llm", cost_per_request_usd=0.002)
+    # Equal, fixed latencies: the two functions' microseconds would make the latency verdict a coin
+    # toss on a loaded machine (and `passed` needs no dimension worse).
+    cand = FunctionSampler(lambda m: SamplerResponse(text=rule(m), latency_ms=5.0, cost_usd=0.0001), model="student")
+    inc = FunctionSampler(lambda m: SamplerResponse(text=sloppy(m), latency_ms=5.0, cost_usd=0.002), model="big-llm")
     first = FunctionSampler(lambda m: "[[A]]", model="biased-judge")
     rep = evaluate(settings, project="acme", task="triage", benchmark=spec, sampler=cand, baseline_sampler=inc, judge_sampler=first)
     assert rep.passed and rep.candidate.status == "done" and rep.candidate.metrics["accuracy"] == 1.0

@@ -133,6 +133,17 @@ def test_no_option_is_applied_when_none_meets_the_latency_objective(world):
 
 
 @pytest.mark.slow
+def test_without_the_service_the_command_fails_and_nothing_changes(world):
+    from conftest import free_port
+
+    data = world["data"]
+    configure(data, free_port(), world["base"], world["spec"], slo_ms=60_000)  # a port nothing listens on
+    done = optimize(data)
+    assert done.returncode == 1 and "failed on the benchmark" in done.stderr, done.stdout + done.stderr
+    assert production(data) == "sft-1" and [e["action"] for e in events(data)] == ["promote"]
+
+
+@pytest.mark.slow
 def test_the_pick_serves_after_a_restart_and_rolls_back(world):
     data, server, key = world["data"], world["server"], world["key"]
     configure(data, server.port, world["base"], world["spec"], slo_ms=60_000)

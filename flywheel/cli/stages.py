@@ -203,6 +203,8 @@ def optimize(task: TaskName, data_dir: DataDir = None, project: Project = None,
         fail(str(exc))
     typer.echo(markdown(result))
     typer.echo(f"report: {result.report}")
+    if result.baseline.error:  # nothing could be compared (e.g. the service is not running)
+        fail(result.reason)
     if result.applied:
         typer.echo(f"{task} → {result.pick.model} (undo: flywheel rollback --task {task})")
 
