@@ -16,7 +16,9 @@ options drop out, and those costlier than the current one (which could never be 
 costlier half (two stay at least), and the rest answer twice as many, up to
 the whole benchmark, while `time_budget_s` lasts. The pick is the cheapest option measured
 furthest whose quality is not significantly worse than the current option's and whose p95 meets
-`[tasks.T] latency_slo_ms`; with none, the result says why and nothing changes. An option that
+`[tasks.T] latency_slo_ms`; an option with other weights (dtype, int8) must also have been compared on
+at least the gate's `min_examples`, so a small benchmark cannot pass it for lack of evidence. With
+none, the result says why and nothing changes. An option that
 fails to load or to answer is recorded with the reason and skipped.
 
 Loading and answering go through `Service` (callables), so this module knows benchmarks, not
@@ -35,7 +37,7 @@ from pathlib import Path
 from evals.evaluate import apply_sampling
 from evals.runner import run_benchmark
 from evals.spec import BenchmarkSpec, benchmark_version, load_examples
-from evals.stats import WORSE, compare
+from evals.stats import INSUFFICIENT, WORSE, compare
 from evals.types import EvalError, SamplerBase
 from flywheel import store
 from flywheel.optimize.options import ServingOption, is_variant, read_variant, space
@@ -298,17 +300,27 @@ def _unload(service: Service, models: dict[ServingOption, str], loaded: set[Serv
                 log.warning("could not unload %s after the search: %s", models[option], exc)
 
 
+def _same_weights(option: ServingOption, current: ServingOption) -> bool:
+    """Whether `option` computes with the current option's numbers (merging, speculating, batching and
+    threads change speed, not answers): its quality needs no proof; a new dtype or int8 does."""
+    return (option.dtype, option.quantize) == (current.dtype, current.quantize)
+
+
 def _choose(result: Optimization, final: list[Measurement]) -> None:
     result.frontier = _frontier(final)
     slo = result.latency_slo_ms
-    eligible = [m for m in final if m.verdict != WORSE and (slo is None or (m.p95_ms or math.inf) <= slo)]
+    unproven = [m for m in final if m.verdict == INSUFFICIENT and not _same_weights(m.option, result.current)]
+    fits = [m for m in final if m.verdict != WORSE and m not in unproven]
+    eligible = [m for m in fits if slo is None or (m.p95_ms or math.inf) <= slo]
     for m in final:
         m.outcome = ("quality significantly worse" if m.verdict == WORSE else
+                     "too few examples to show its quality is not worse" if m in unproven else
                      f"p95 {m.p95_ms:.0f} ms over the objective {slo:g} ms" if m not in eligible else
                      "on the frontier" if m.option.name in result.frontier else "measured")  # fmt: skip
     if not eligible:
         result.reason = (f"no option meets the latency objective (p95 <= {slo:g} ms) at quality not significantly "
-                         f"worse than {result.current.name}: nothing changes")  # fmt: skip
+                         f"worse than {result.current.name}: nothing changes" if fits else
+                         "no option showed quality not worse than the current one: nothing changes")  # fmt: skip
         return
     best = min(eligible, key=lambda m: m.compute_s_per_1k)
     best.outcome = "picked"

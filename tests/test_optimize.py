@@ -113,6 +113,27 @@ def events(data) -> list[dict]:
         return history(con, project="acme", task="triage")
 
 
+def test_a_cheaper_option_with_other_weights_needs_evidence_that_its_quality_holds():
+    """The pick rule on measured figures: int8 (other weights) compared on fewer examples than the gate's
+    min_examples is not picked for lack of evidence; the same weights merged need none."""
+    from evals.optimizer import Measurement, Optimization, _choose
+    from flywheel.optimize.options import ServingOption
+
+    current, merged, int8 = ServingOption(), ServingOption(merge=True), ServingOption(quantize="int8", merge=True)
+    result = Optimization("t", "p", "m", "m", "/m", current, "accuracy", 4, None)
+    final = [Measurement(current, "m", 16, quality=0.9, compute_s_per_1k=300.0, p95_ms=100.0),
+             Measurement(merged, "m@merged", 16, quality=0.9, verdict="insufficient evidence", compute_s_per_1k=250.0,
+                         p95_ms=90.0),
+             Measurement(int8, "m@int8", 16, quality=0.5, verdict="insufficient evidence", compute_s_per_1k=150.0,
+                         p95_ms=60.0)]  # fmt: skip
+    result.measured = final
+    _choose(result, final)
+    assert result.pick is final[1] and "too few examples" in final[2].outcome
+    final[2].verdict = "not distinguishable"  # compared on enough examples, and not worse: now the cheapest wins
+    _choose(result, final)
+    assert result.pick is final[2]
+
+
 @pytest.mark.slow
 def test_no_option_is_applied_when_none_meets_the_latency_objective(world):
     data = world["data"]
