@@ -77,10 +77,19 @@ def promote_task(settings: Settings, task: Task, turn: Turn, key: str) -> Turn:
 
 @task(name="optimize", cache_policy=NO_CACHE)  # changes production too: once per turn
 def optimize_task(settings: Settings, task: Task, key: str) -> dict[str, Any]:
-    """The 3D search over the new production model's serving options; its report as artifacts."""
+    """The 3D search over the new production model's serving options; its report as artifacts. A search
+    that fails is reported, not raised: the promotion before it stands, and the turn is not a failure."""
+    from prefect.logging import get_run_logger
+
     from evals.optimizer import markdown
 
-    result = optimize_stage(settings, task, key=key)
+    try:
+        result = optimize_stage(settings, task, key=key)
+    except Exception as exc:  # noqa: BLE001 - whatever broke the search, production is the promoted model
+        reason = f"the search failed, nothing changed: {type(exc).__name__}: {exc}"
+        get_run_logger().error("optimize %s: %s", task.name, reason)
+        publish_markdown("optimize", task.name, f"# Optimize `{task.name}`\n\n**{reason}**\n", f"Optimize {task.name}: {reason}")
+        return {"applied": None, "reason": reason, "report": None}
     publish_markdown("optimize", task.name, markdown(result), f"Optimize {task.name}: {result.reason}")
     publish_table("optimize", task.name, [{"option": m.option.name, "examples": m.examples, result.metric: m.quality,
                                            "verdict": m.verdict, "p95_ms": m.p95_ms, "compute_s_per_1k": m.compute_s_per_1k,

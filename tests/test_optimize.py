@@ -219,3 +219,7 @@ def test_the_flow_stage_applies_the_pick_and_publishes_the_search(world, prefect
     assert f"**apply {result['applied']}**" in published["optimize-triage"].data
     table = json.loads(published["optimize-triage-table"].data)
     assert {row["option"] for row in table} >= {"fp32-adapter-off", result["applied"]}
+    # a search that fails after a promotion is reported, and does not fail the turn that promoted
+    failed = optimize_task(settings, resolve_task(settings, "unconfigured"), world["key"])
+    assert failed["applied"] is None and "has no benchmark" in failed["reason"]
+    assert "the search failed" in asyncio.run(artifacts())["optimize-unconfigured"].data

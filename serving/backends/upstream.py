@@ -111,11 +111,14 @@ class UpstreamBackend(Backend):
                                                       tool_calls=calls))  # fmt: skip
 
         async def relay() -> AsyncIterator[bytes]:
-            pieces, usage, calls, ended = [], None, ToolCalls(), False
+            pieces, usage, calls, ended, broke = [], None, ToolCalls(), False, None
             try:
                 async for line in response.aiter_lines():
-                    if line.startswith("data: {"):
-                        chunk = msgspec.json.decode(line[6:])
+                    try:
+                        chunk = msgspec.json.decode(line[6:]) if line.startswith("data: {") else None
+                    except msgspec.DecodeError:  # a provider's oddity: relayed as sent, the record keeps what it can
+                        chunk = None
+                    if isinstance(chunk, dict):
                         usage = chunk.get("usage") or usage
                         for choice in chunk.get("choices") or []:
                             delta = choice.get("delta") or {}
@@ -128,10 +131,13 @@ class UpstreamBackend(Backend):
                         call.record(target, "".join(pieces), usage, tool_calls=calls.done())
                     yield (line + "\n").encode()
                 ended = True  # (a provider that never sends [DONE])
+            except httpx.HTTPError as exc:
+                broke = f"the upstream's stream broke off: {type(exc).__name__}: {exc}"
+                raise
             finally:
                 if not call.recorded:
                     call.record(target, "".join(pieces), usage, tool_calls=calls.done(),
-                                error=None if ended else "client disconnected")
+                                error=None if ended else broke or "client disconnected")
                 await response.aclose()
 
         return StreamingResponse(relay(), media_type="text/event-stream", headers={ID_HEADER: call.id})
