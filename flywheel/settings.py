@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
+from flywheel.optimize.options import DTYPES, QUANTIZE, SPECULATIVE
+
 CONFIG_FILE = "flywheel.toml"
 DB_FILE = "flywheel.duckdb"
 LAKE_FILE = "flywheel.lake"  # the lake's locator (flywheel.store.lake)
@@ -118,14 +120,14 @@ class OptimizeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently unset limit
 
-    dtypes: list[Literal["float32", "bfloat16"]] = Field(["float32", "bfloat16"], description="Weight dtypes to try.")
-    quantize: list[Literal["none", "int8"]] = Field(["none", "int8"], description="none, and/or int8 dynamic "
-                                                    "quantization (float32, merged only).")
+    dtypes: list[Literal[DTYPES]] = Field(list(DTYPES), description="Weight dtypes to try.")
+    quantize: list[Literal[QUANTIZE]] = Field(list(QUANTIZE), description="none, and/or int8 dynamic quantization "
+                                              "(float32, merged only).")
     merge: list[bool] = Field([False, True], description="Serve the LoRA as an adapter (false) and/or merged into "
                               "a copy of the base (true).")
-    speculative: list[Literal["off", "ngram", "table"]] = Field(["off", "ngram", "table"], description="Speculative "
-                                                                "decoding to try: off, ngram (prompt lookup), table (prompt "
-                                                                "lookup, else a draft table trained on the task's answers).")
+    speculative: list[Literal[SPECULATIVE]] = Field(list(SPECULATIVE), description="Speculative decoding to try: off, "
+                                                    "ngram (prompt lookup), table (prompt lookup, else a draft table "
+                                                    "trained on the task's answers).")
     max_batch: list[int] = Field(default_factory=list, description="Most rows decoded together, to try (empty: the "
                                  "route's max_batch only).")
     threads: list[int] = Field(default_factory=list, description="Threads of a decoding step, to try (empty: "

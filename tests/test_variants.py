@@ -144,6 +144,7 @@ def test_a_bad_variant_is_a_model_load_error_naming_the_field(engine, models, tm
         "dtype": {"source": models["ada"], "option": {"dtype": "float16"}},
         "speed": {"source": models["ada"], "option": {"speed": "max"}},
         "quantize": {"source": models["ada"], "option": {"quantize": "int8"}},  # an adapter: int8 needs merge
+        "merge": {"source": models["ada"], "option": {"merge": "yes"}},
         "source": {"source": str(tmp_path / "gone"), "option": {}},
     }
     for field, spec in cases.items():

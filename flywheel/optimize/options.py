@@ -47,6 +47,8 @@ class ServingOption:
         for name, allowed in (("dtype", DTYPES), ("quantize", QUANTIZE), ("speculative", SPECULATIVE)):
             if getattr(self, name) not in allowed:
                 return f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+        if not isinstance(self.merge, bool):
+            return f"merge: expected true or false, got {self.merge!r}"
         for name in ("max_batch", "threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
