@@ -23,7 +23,7 @@ from flywheel import store
 from flywheel.optimize.draft import write_draft
 from flywheel.optimize.options import ServingOption, variant_id, write_variant
 from flywheel.registry import deployments
-from flywheel.registry.promotion import PromotionError
+from flywheel.registry.promotion import load_first
 from flywheel.settings import Settings
 
 METHOD = "serving-option"  # models.method of a variant
@@ -63,12 +63,7 @@ def _draft(settings: Settings, folder: Path, parent: str, source: str) -> dict:
 def apply_option(settings: Settings, *, project: str, task: str, model: str, path: str, reason: str, evidence: dict,
                  load: Callable[[str, str], None]) -> deployments.Deployment:  # fmt: skip
     """Serve `task`'s production from `model` (a prepared variant, or the parent itself), loaded first."""
-    try:
-        load(model, path)  # first: if the serving tier cannot load it, no alias moves
-    except PromotionError:
-        raise
-    except Exception as exc:
-        raise PromotionError(f"loading {model!r} failed: {exc}") from exc
+    load_first(load, model, path)
     with store.connect(settings.db_path) as con:
         return deployments.assign(con, project=project, task=task, alias="production", model=model, reason=reason,
                                   evidence=evidence, action="optimize")  # fmt: skip

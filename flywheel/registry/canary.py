@@ -29,7 +29,7 @@ from flywheel import store
 from flywheel.registry import deployments
 from flywheel.registry.gate import GateConfig
 from flywheel.registry.models import candidate
-from flywheel.registry.promotion import PromotionError
+from flywheel.registry.promotion import load_first
 from flywheel.settings import Settings
 
 if TYPE_CHECKING:
@@ -168,13 +168,8 @@ def settle(settings: Settings, task: Task, *, load: Callable[[str, str], None] |
         return Settlement(name, "idle", "no canary next to a production model")
     outcome, canary, production = evidence["outcome"], evidence["canary"]["model"], evidence["production"]["model"]
     reason = f"canary {outcome}: {evidence['rule']} ({_numbers(evidence)})"
-    if path is not None:
-        try:  # outside the store: the service needs it to check the loading key
-            load(canary, path)
-        except PromotionError:
-            raise
-        except Exception as exc:
-            raise PromotionError(f"loading {canary!r} failed: {exc}") from exc
+    if path is not None:  # loaded outside the store: the service needs it to check the loading key
+        load_first(load, canary, path)
     with store.connect(settings.db_path) as con:
         now_running = deployments.canary_started(con, project=project, task=name)
         if now_running is None or now_running[0] != canary:  # changed while we measured or loaded

@@ -22,7 +22,7 @@ from flywheel.registry.models import candidate
 from flywheel.settings import Settings
 
 __all__ = ["QUALITY_RULES", "Decision", "Evidence", "GateConfig", "PromotionError", "decide", "http_loader",
-           "http_unloader", "promote", "rollback"]  # fmt: skip
+           "http_unloader", "load_first", "promote", "rollback"]  # fmt: skip
 
 
 class PromotionError(RuntimeError):
@@ -64,6 +64,17 @@ def http_unloader(base_url: str, api_key: str) -> Callable[[str], None]:
     return unload
 
 
+def load_first(load: Callable[[str, str], None], name: str, path: str) -> None:
+    """Load `name` into the serving tier before any alias moves to it: whatever the loader raises becomes
+    a `PromotionError` naming the model, so a failed load leaves production as it was."""
+    try:
+        load(name, path)
+    except PromotionError:
+        raise
+    except Exception as exc:
+        raise PromotionError(f"loading {name!r} failed: {exc}") from exc
+
+
 def promote(settings: Settings, *, project: str, task: str, model: str, path: str, decision: Decision,
             load: Callable[[str, str], None], alias: str = "production", share: float = 1.0) -> deployments.Deployment | None:
     """Put `model` in service under `alias` if the gate said so; store the decision either way.
@@ -77,12 +88,7 @@ def promote(settings: Settings, *, project: str, task: str, model: str, path: st
             deployments.record_decision(con, project=project, task=task, model=model, reason=decision.summary(),
                                         evidence=decision.evidence)  # fmt: skip
         return None
-    try:
-        load(model, path)  # first: if the serving tier cannot load it, no alias moves
-    except PromotionError:
-        raise
-    except Exception as exc:
-        raise PromotionError(f"loading {model!r} failed: {exc}") from exc
+    load_first(load, model, path)
     reason = decision.summary()
     with store.connect(settings.db_path) as con:  # (one open: production is read where the alias moves)
         if decision.canary_share is not None and alias == "production":
@@ -109,12 +115,7 @@ def rollback(settings: Settings, *, project: str, task: str, reason: str = "manu
         target = last["previous_model"]
         record = candidate(con, target)
     if load is not None and record is not None and record.path:
-        try:
-            load(target, record.path)  # first: if the serving tier cannot load it, no alias moves
-        except PromotionError:
-            raise
-        except Exception as exc:
-            raise PromotionError(f"loading {target!r} failed: {exc}") from exc
+        load_first(load, target, record.path)
     with store.connect(settings.db_path) as con:
         if _last_production_change(con, project, task) != last:  # (a promotion while the model loaded)
             raise PromotionError(f"task {task!r} changed production while {target!r} was loading; run the rollback again")
