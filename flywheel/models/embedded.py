@@ -31,7 +31,7 @@ def embedded_gguf() -> Path:
 
 
 def default_base(home: Path | str) -> Path:
-    """The folder of the default base model in a data folder, imported on first use (≈25 s once)."""
+    """The folder of the default base model in a data folder, imported on first use (≈20 s once on 2 cores)."""
     target = base_dir(home) / DEFAULT_BASE
     if read_model(target) is not None:
         return target

