@@ -268,3 +268,24 @@ def test_packed_sft_runs(world):
     c = train(world["settings"], project="acme", task="packed", dataset_path=world["sft"],
               recipe=recipe(world["base"], max_steps=4, packing=True, exact_match_samples=0))
     assert c.status == "ready" and c.metrics["train_tokens"] > 0
+
+
+def test_frozen_layers_are_computed_once_per_example_with_the_same_result(world, sft_candidate):
+    # LoRA on the top layer of 2: layer 0 stays frozen, so from the second epoch on its output is
+    # reused. The student must come out as without reuse (up to float rounding), with reuse counted.
+    def student(reuse: bool):
+        return train(
+            world["settings"], project="acme", task="triage", dataset_path=world["sft"],
+            recipe=recipe(sft_candidate.merged_path, max_steps=80, lora=LoraRecipe(r=4, alpha=8, dropout=0.0, top_layers=1),
+                          exact_match_samples=0, reuse_frozen_layers=reuse),
+        )
+
+    reused, plain = student(True), student(False)
+    assert reused.metrics["frozen_layers_reused"] >= 256  # 80 steps of 8 = 640 rows over 256 examples: ≥ 384 reuses
+    assert "frozen_layers_reused" not in plain.metrics
+    from safetensors.torch import load_file
+
+    a, b = (load_file(c.adapter_path / "adapter_model.safetensors") for c in (reused, plain))
+    assert a.keys() == b.keys() and all(".layers.1." in k for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert reused.metrics["eval_loss"] == pytest.approx(plain.metrics["eval_loss"], rel=1e-3)

@@ -76,7 +76,8 @@ class Recipe:
     - evaluation: `eval_split`, `eval_fraction`, `eval_steps`, `early_stopping_patience`,
       `exact_match_samples`, `min_train_examples`.
     - method specific: `dpo_beta`; `gkd_lmbda`, `gkd_beta`, `temperature`, `max_new_tokens`.
-    - machine: `bf16`, `gradient_checkpointing`, `logging_steps`, `save_steps`, `save_total_limit`.
+    - machine: `bf16`, `gradient_checkpointing`, `reuse_frozen_layers`, `logging_steps`, `save_steps`,
+      `save_total_limit`.
     """
 
     __pydantic_config__ = _STRICT_KEYS
@@ -130,6 +131,11 @@ class Recipe:
 
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None → on where the GPU supports it, off on CPU."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory (slower). Turn on for OOM on big models."})
+    reuse_frozen_layers: bool = field(
+        default=True,
+        metadata={"help": "LoRA on the top layers only: compute the frozen layers below once per example instead of once "
+                  "per epoch (`flywheel.train.frozen_layers`; exact up to rounding; off with gradient checkpointing)."},
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log the loss (and check it is finite) every N steps."})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps, for resuming after a crash."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk."})

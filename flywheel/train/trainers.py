@@ -21,6 +21,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from flywheel.train.frozen_layers import cached_frozen_layers, reusable_below
 from flywheel.train.methods import METHODS
 from flywheel.train.recipes import Recipe, lora_config, trl_config, use_bf16
 
@@ -137,13 +138,16 @@ def run(recipe: Recipe, train_ds, eval_ds, out_dir: Path, *, resume_from: str | 
     if resume_from:
         metrics["resumed_from"] = Path(resume_from).name
         log.info("resuming from %s", resume_from)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    with cached_frozen_layers(trainer.model, reusable_below(recipe, model.config)) as reuse:
+        result = trainer.train(resume_from_checkpoint=resume_from)
     if guard.tripped is not None:
         step, key, value = guard.tripped
         raise NonFiniteLossError(f"non-finite {key} ({value}) at step {step}: training aborted; lower learning_rate or check the data")
     metrics.update({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
     metrics["global_step"] = trainer.state.global_step
     metrics["train_tokens"] = int(trainer.state.num_input_tokens_seen or 0)
+    if reuse.reused:
+        metrics["frozen_layers_reused"] = reuse.reused
     if eval_ds is not None:
         evaluation = trainer.evaluate()
         metrics["eval_loss"] = evaluation["eval_loss"]
