@@ -201,6 +201,13 @@ class StoreSettings(BaseModel):
     s3_use_ssl: bool = Field(True, description="lake on S3: HTTPS to the endpoint.")
     s3_url_style: Literal["vhost", "path"] = Field("vhost", description="lake on S3: `path` for most "
                                                    "S3-compatible servers (MinIO, moto).")
+    duplicate_check_hours: float = Field(1.0, gt=0, description="lake: each replica's writer skips an id stored "
+                                         "already among the rows received in this many hours (a client's retry comes "
+                                         "within minutes; the check reads only those rows); an older duplicate is "
+                                         "stored again, and every reader still counts, lists and curates it once.")
+    keep_snapshots_hours: float = Field(24.0, ge=0, description="lake: `flywheel compact` expires snapshots older "
+                                        "than this and deletes data files unused for this long; time travel and "
+                                        "readers in flight keep working within it.")
 
     @model_validator(mode="after")
     def _lake_is_located(self) -> StoreSettings:

@@ -264,8 +264,9 @@ def feedback_trigger_flow(data_dir: str | None = None) -> dict[str, str]:
 
 def build_deployments(settings: Settings, *, trigger_every_s: float = 60.0) -> list:
     """What `flywheel up` serves: a `flywheel` deployment per task with its cron schedule (none when
-    `schedule` is empty), the feedback trigger when some task sets `min_new_feedback`, and the
-    `settle` deployment when some task sets `gate.canary_share`."""
+    `schedule` is empty), the feedback trigger when some task sets `min_new_feedback`, the
+    `settle` deployment when some task sets `gate.canary_share`, and the `compact` deployment (every
+    6 h) on a lake store."""
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
@@ -287,8 +288,11 @@ def build_deployments(settings: Settings, *, trigger_every_s: float = 60.0) -> l
             name=TRIGGER_DEPLOYMENT, interval=timedelta(seconds=trigger_every_s), parameters={"data_dir": home},
             tags=["flywheel"], description="Starts a turn when a task has gathered min_new_feedback new feedback",
             entrypoint_type=EntrypointType.MODULE_PATH))  # fmt: skip
+    from pipelines.compact import compact_deployment
     from pipelines.settle import settle_deployment
 
     if (settle := settle_deployment(settings)) is not None:  # when some task runs canaries
         deployments.append(settle)
+    if (compaction := compact_deployment(settings)) is not None:  # on a lake store
+        deployments.append(compaction)
     return deployments

@@ -19,7 +19,8 @@ Two measured costs shape the commit (DuckDB 2.0, 2 cores, ≈1.2 KB rows):
 On a lake (`flywheel.store.lake`) there is no key to refuse a stored id and no file to hand over:
 the batch first drops the ids the lake holds already, in the same transaction, then appends; a
 commit the catalog refuses (unreachable, or a race lost after DuckLake's retries) fails the batch
-with `StoreBusy` (503, nothing acknowledged).
+with `StoreBusy`: every request in it is answered 503 at once, nothing acknowledged. The check
+for stored ids reads only the rows received in the last `[store] duplicate_check_hours`.
 """
 
 from __future__ import annotations
@@ -178,10 +179,17 @@ class Writer:
 
     def _commit(self, jobs: list[_Job]) -> None:
         """Write all jobs in one transaction; if that fails, each job alone, so one bad job
-        fails only its own request."""
+        fails only its own request. Unless the store itself failed (`StoreBusy`: locked too
+        long, or a lake's catalog unreachable after `lake_retry_s`): trying each job alone would
+        only wait that long again per request, so every request gets its 503 now."""
         started = time.perf_counter()
         try:
             outcomes = self._write(jobs)
+        except store.StoreBusy as exc:
+            log.warning("batch of %d requests not written, the store is unavailable: %s", len(jobs), exc)
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
         except Exception:
             log.exception("batch of %d requests failed; retrying them one by one", len(jobs))
             for job in jobs:
@@ -250,8 +258,10 @@ class Writer:
             con.execute("BEGIN")
             try:
                 fresh = {}
+                window = lake.duplicate_window(self.db_path)
                 for kind, kind_rows in rows.items():
-                    stored = lake.stored_keys(con, kind, [(r.project, r.id) for r in kind_rows])
+                    since = min(r.received_at for r in kind_rows) - window if kind_rows else None
+                    stored = lake.stored_keys(con, kind, [(r.project, r.id) for r in kind_rows], since=since)
                     fresh[kind] = [r for r in kind_rows if (r.project, r.id) not in stored]
                 write_interactions(con, fresh["interactions"], append=True)
                 _, unknown = write_feedback(con, fresh["feedback"], append=True)

@@ -8,9 +8,12 @@ only), and PostgreSQL for the catalog tests (tests/lake_services.py).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+import duckdb
 import httpx
 import orjson
 import pytest
@@ -24,6 +27,8 @@ from flywheel.ingest.records import Limits, interaction_row
 from flywheel.settings import load_settings
 from flywheel.status import task_overview
 from flywheel.store import lake, rows
+from flywheel.store.compact import compact
+from serving.writer import Writer
 
 LIMITS = Limits(10_000, 20)
 
@@ -234,8 +239,8 @@ def test_kill_9_of_a_replica_loses_no_acknowledged_event(tmp_path):
 
 @pytest.mark.slow
 def test_unreachable_catalog_is_503_with_retry_after_and_nothing_acknowledged(tmp_path, postgres):
-    """The catalog in PostgreSQL goes away mid-service: ingestion answers 503 with Retry-After
-    (not 500), acknowledges nothing, and takes the same ids again once the catalog is back."""
+    """The catalog in PostgreSQL goes away mid-service: every request in flight is answered 503 with
+    Retry-After (not 500), nothing is acknowledged, and the same ids are taken once the catalog is back."""
     home = lake_home(tmp_path, catalog=postgres.database("unreachable"))
     key = make_keys(home, "acme")["acme"]
     replica = Server(home).start()
@@ -244,16 +249,139 @@ def test_unreachable_catalog_is_503_with_retry_after_and_nothing_acknowledged(tm
         post(replica, key, [interaction(f"before-{i}") for i in range(10)], acked, refused)
         assert len(acked) == 10 and not refused
         postgres.stop()
-        batch = [interaction(f"during-{i}") for i in range(10)]
-        post(replica, key, batch, acked, refused)
-        assert [r.status_code for r in refused] == [503]
-        assert refused[0].headers["Retry-After"] and "retry" in refused[0].json()["error"]["message"]
+        # Eight requests in flight at once, so the writer batches them: the failed batch is not
+        # retried request by request (≈5 s each, which would leave the later ones to time out
+        # waiting, code ack_timeout); each gets the catalog's own 503.
+        batches = [[interaction(f"during-{n}-{i}") for i in range(5)] for n in range(8)]
+        threads = [threading.Thread(target=post, args=(replica, key, b, acked, refused)) for b in batches]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.status_code for r in refused] == [503] * 8
+        assert {r.json()["error"]["code"] for r in refused} == {"store_busy"}, [r.text for r in refused]
+        assert all(r.headers["Retry-After"] and "retry" in r.json()["error"]["message"] for r in refused)
         assert len(acked) == 10
         assert httpx.get(f"{replica.url}/healthz", timeout=10).status_code == 200  # the service itself lives on
         postgres.start()
-        post(replica, key, batch, acked, refused)  # the client's retry, same ids
-        assert len(acked) == 20 and len(refused) == 1
+        for b in batches:
+            post(replica, key, b, acked, refused)  # the client's retries, same ids
+        assert len(acked) == 50 and len(refused) == 8
     finally:
         replica.stop()
     seen, raw = stored_ids(load_settings(home))
-    assert sorted(seen) == sorted(acked) and raw == 20
+    assert sorted(seen) == sorted(acked) and raw == 50
+
+
+def test_an_old_duplicate_beyond_the_check_window_is_read_once(tmp_path):
+    """The writer looks for stored ids only among the rows received in the last
+    `duplicate_check_hours`: a retry within the window is a duplicate, one beyond it is stored
+    again, and every reader still sees the id once, as first received."""
+    settings = load_settings(lake_home(tmp_path, extra="duplicate_check_hours = 1\n"))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    con = store.open_connection(settings.db_path, raw=True)  # (a writer's view: the tables as stored)
+    write_interactions(con, [row("old", now - timedelta(days=3), response="shipping"),
+                             row("recent", now - timedelta(minutes=10), response="billing")], append=True)
+    con.close()
+    writer = Writer(settings.db_path, max_queue_items=100, max_batch_items=100)
+    retried = writer.submit("interactions", [row("old", now, response="refund"), row("recent", now, response="refund")])
+    writer.start()
+    try:
+        assert retried.result(60).stored == [True, False]  # "old" is beyond the window: stored again
+    finally:
+        writer.stop()
+    with store.connect(settings.db_path, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM lake.main.interactions WHERE id = 'old'").fetchone() == (2,)
+        assert con.execute("SELECT id, response FROM interactions ORDER BY id").fetchall() == [("old", "shipping"),
+                                                                                              ("recent", "billing")]
+        page, _ = read_interactions(con, project="acme", task="support", limit=100)
+        assert sorted(r["id"] for r in page) == ["old", "recent"]
+
+
+def test_a_bad_row_fails_only_its_own_request_in_a_lake_batch(tmp_path):
+    """A batch refused for one request's row (not the catalog) is retried request by request:
+    the others are stored, the bad one gets its own error."""
+    settings = load_settings(lake_home(tmp_path))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    writer = Writer(settings.db_path, max_queue_items=100, max_batch_items=100)
+    futures = [writer.submit("interactions", [row("a", now)]),
+               writer.submit("interactions", [row("b", now)._replace(task=None)]),  # NOT NULL
+               writer.submit("interactions", [row("c", now)])]  # fmt: skip
+    writer.start()  # (after the submits: one batch)
+    try:
+        assert futures[0].result(60).stored == futures[2].result(60).stored == [True]
+        with pytest.raises(duckdb.ConstraintException, match="task"):
+            futures[1].result(60)
+    finally:
+        writer.stop()
+    assert sorted(stored_ids(settings)[0]) == ["a", "c"]
+
+
+def test_compact_on_the_file_store_has_nothing_to_do(tmp_path):
+    with store.connect(load_settings(tmp_path).db_path):
+        pass
+    out = subprocess.run([sys.executable, "-m", "flywheel.cli", "compact", "--data-dir", str(tmp_path)],
+                         check=False, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0 and "nothing to compact" in out.stdout, out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_compact_while_a_replica_ingests(tmp_path, postgres, kind):
+    """Compaction runs beside a replica that keeps committing small batches: the files merge, old
+    snapshots expire, and every acknowledged id is there exactly once."""
+    home = lake_home(tmp_path, catalog=catalog(kind, postgres, "compact"),
+                     extra="keep_snapshots_hours = 0\n")  # (delete replaced files at once)
+    settings = load_settings(home)
+    key = make_keys(home, "acme")["acme"]
+    replica = Server(home).start()
+    acked, refused, reports = set(), [], []
+    stop = threading.Event()
+
+    def load() -> None:
+        n = 0
+        while not stop.is_set() or n < 30:
+            post(replica, key, [interaction(f"{n}-{i}") for i in range(5)], acked, refused)
+            n += 1
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        for _ in range(3):
+            target = len(acked) + 5 * 10  # ten more commits before each compaction
+            while len(acked) < target:
+                threading.Event().wait(0.05)
+            reports.append(compact(settings))
+    finally:
+        stop.set()
+        loader.join()
+        replica.stop()
+    assert not refused, [r.text for r in refused]
+    assert all(r.files_after < r.files_before and r.snapshots_expired > 0 for r in reports), reports
+    assert sum(r.files_deleted for r in reports) > 0
+    seen, raw = stored_ids(settings)
+    assert sorted(seen) == sorted(acked) and raw == len(acked)  # each acknowledged id, once
+    out = subprocess.run([sys.executable, "-m", "flywheel.cli", "compact", "--data-dir", str(home)],
+                         check=False, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0 and "data files" in out.stdout, out.stderr
+    assert sorted(stored_ids(settings)[0]) == sorted(acked)
+
+
+@pytest.mark.slow
+def test_the_compact_flow_compacts_a_lake_and_is_scheduled_for_a_lake_only(prefect_harness, tmp_path):
+    from pipelines.compact import compact_deployment, compact_flow
+
+    settings = load_settings(lake_home(tmp_path / "lake", extra="keep_snapshots_hours = 0\n"))
+    con = store.open_connection(settings.db_path, raw=True)
+    for n in range(3):  # three commits, three files
+        write_interactions(con, [row(n, datetime.now(UTC).replace(tzinfo=None))], append=True)
+    con.close()
+    result = compact_flow(data_dir=str(settings.home))
+    assert result["store"] == "lake" and result["files_after"] < result["files_before"] and result["files_deleted"] > 0
+    assert sorted(stored_ids(settings)[0]) == ["it-0", "it-1", "it-2"]
+    assert compact_deployment(settings).entrypoint == "pipelines.compact.compact_flow"
+    assert compact_deployment(load_settings(tmp_path / "file")) is None  # the file store: nothing to schedule
+    from pipelines.turn import build_deployments  # what `flywheel up` serves
+
+    assert "compact" in [d.name for d in build_deployments(settings)]
+    assert "compact" not in [d.name for d in build_deployments(load_settings(tmp_path / "file"))]

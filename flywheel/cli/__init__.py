@@ -1,7 +1,7 @@
 """`flywheel`: the one front door. Each command is a thin call into a plain function;
 FastAPI, uvicorn and the other packages are imported inside the commands that need them.
-The commands live by what they touch: `keys` (init, API keys), `service` (serve, up, status,
-demo), `stages` (curate, train, eval, promote, rollback, settle, run), and `flywheel.models.commands`
+The commands live by what they touch: `keys` (init, API keys), `service` (serve, up, status, compact,
+demo), `stages` (curate, train, eval, promote, rollback, settle, optimize, run), and `flywheel.models.commands`
 (models import, models list)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The long-running commands and the overview: `serve`, `up`, `status`, `demo`."""
+"""The long-running commands, the overview and the store's upkeep: `serve`, `up`, `status`, `compact`, `demo`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,16 @@ def status(data_dir: DataDir = None, task: Annotated[str | None, typer.Option(he
             live = canary_status(con, project_, task_, resolve_task(settings, task_).gate)
             if live:
                 typer.echo(f"{task_}: {describe(live)}")
+
+
+@app.command()
+def compact(data_dir: DataDir = None) -> None:
+    """Lake store: merge small data files, expire old snapshots, delete unused files (safe while serving)."""
+    from flywheel.store.compact import compact as run
+
+    settings = settings_of(data_dir)
+    database_of(settings)
+    typer.echo(run(settings).summary())
 
 
 def use_prefect_env(settings: Settings) -> None:

@@ -12,10 +12,12 @@ What differs from the file, and how it is absorbed here, in one place:
   created nullable and stamped when the unit of work that inserted the row ends (`_stamp`).
 - Idempotency: without a key constraint, two replicas that receive the same interaction or
   feedback id at the same moment can both store it. Each replica's writer skips ids already
-  stored (`stored_keys`, in its transaction), and every reader sees `interactions` and `feedback`
-  through views that keep one row per (project, id), the earliest received (`_READ_VIEWS`), so
-  a duplicate stored twice is counted, listed and curated once. Only the writer sees the stored
-  rows as they are (`raw=True`).
+  stored among the rows received in the last `[store] duplicate_check_hours` (`stored_keys`, in
+  its transaction: reading the whole table would grow with it), and every reader sees
+  `interactions` and `feedback` through views that keep one row per (project, id), the earliest
+  received (`_READ_VIEWS`), so a duplicate stored twice, at once or beyond the window, is
+  counted, listed and curated once. Only the writer sees the stored rows as they are (`raw=True`).
+- Every commit is a Parquet file and a snapshot: `flywheel.store.compact` merges and expires them.
 - Opening costs ≈2 s (loading the extensions), so each process keeps one DuckDB instance with the
   lake attached and every unit of work is a cursor on it; there is no file lock to hand over.
 - The extensions come from the `duckdb-ext-*` wheels on PyPI, built for one duckdb version
@@ -26,12 +28,15 @@ What differs from the file, and how it is absorbed here, in one place:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -116,6 +121,11 @@ class _Lake:
         if kind == "sqlite":
             location = str((home / location).resolve())
             Path(location).parent.mkdir(parents=True, exist_ok=True)
+            # Write-ahead logging (kept in the file): readers no longer block a commit. In the
+            # default journal mode every replica's reads of the catalog hold off a long commit
+            # (a compaction's) until its retries run out.
+            with contextlib.closing(sqlite3.connect(location)) as catalog:
+                catalog.execute("PRAGMA journal_mode=WAL")
         for name in names:
             self.db.execute(f"LOAD '{extension_file(name)}'")
         if data_path.startswith("s3://"):
@@ -127,6 +137,7 @@ class _Lake:
                 | ({"endpoint": cfg.s3_endpoint} if cfg.s3_endpoint else {}))
         self.db.execute(f"ATTACH 'ducklake:{kind}:{_quote(location)}' AS {ALIAS} (DATA_PATH '{_quote(data_path)}')")
         self.description = f"DuckLake: catalog {kind}:{location}, data {data_path}"
+        self.settings = cfg
         self.migrated = False
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -219,14 +230,27 @@ def open_connection(locator: Path | str, *, read_only: bool = False, raw: bool =
     return retrying(locator, timeout_s, attempt)
 
 
-def stored_keys(con: duckdb.DuckDBPyConnection, table: str, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of these (project, id) the lake's `table` already holds (the writer skips them)."""
+def duplicate_window(locator: Path | str) -> timedelta:
+    """How far back, by `received_at`, the writer looks for ids it is about to store
+    (`[store] duplicate_check_hours` of the lake's data folder)."""
+    return timedelta(hours=_lake(Path(locator)).settings.duplicate_check_hours)
+
+
+def stored_keys(con: duckdb.DuckDBPyConnection, table: str, keys: list[tuple[str, str]], *,
+                since: datetime | None = None) -> set[tuple[str, str]]:
+    """Which of these (project, id) the lake's `table` already holds among the rows received from
+    `since` on (the writer skips them). Without `since` the whole table is read, which grows
+    with it; a window reads only the data files whose `received_at` range reaches into it
+    (DuckLake keeps each file's min/max). At 50k rows in 500 files, on 2 busy cores: ≈260 ms
+    whole, ≈85 ms for the last hour, ≈40 ms once compacted (bench/lake_compact.py)."""
     if not keys:
         return set()
     import pyarrow as pa
 
     wanted = pa.table({"project": [k[0] for k in keys], "id": [k[1] for k in keys]})  # noqa: F841
-    return set(con.execute(f"SELECT DISTINCT project, id FROM {ALIAS}.main.{table} SEMI JOIN wanted USING (project, id)").fetchall())
+    window = "" if since is None else " WHERE received_at >= $since"
+    return set(con.execute(f"SELECT DISTINCT project, id FROM {ALIAS}.main.{table} SEMI JOIN wanted USING (project, id){window}",
+                           {} if since is None else {"since": since}).fetchall())
 
 
 _STAMPED = dict(stamped_columns([LEDGER, *(sql for _, _, sql in MIGRATIONS)]))
