@@ -9,10 +9,14 @@
    (the engine's `join_running=False`, static batching as before), in this process.
    Speculative decoding (n-gram drafts) at concurrency 1 on the demo's support-ticket prompts:
    tokens/s against plain decoding (target: >= 1.5x), acceptance rate, identical outputs.
+   Prefix caching: tokens/s and p50 at concurrency 1 and 32 with the cache on vs off (two routes
+   of one server), on the demo's triage chats and, on the real base, its agent's (tools in the
+   prompt), with identical outputs counted. The other figures are the routes' defaults, the prefix
+   cache on (SmolLM2's template gives every chat the same default system prompt).
 2. Multi-LoRA memory: server RSS with 8 adapters loaded vs none (target <= 1.1x on the real base).
 3. Gateway overhead of an upstream route (to a second local server): added p50 latency (target < 5 ms).
 
-    .venv/bin/python bench/serve.py [--base tiny|smollm2|FOLDER] [--tokens 32]
+    .venv/bin/python bench/serve.py [--base tiny|smollm2|FOLDER] [--tokens 32] [--prefix-only]
 
 `--base tiny` (the default) builds a 6-layer tiny Llama in seconds; `--base smollm2` serves the
 embedded SmolLM2-135M-Instruct (imported into the bench's folder first, ≈45 s) or FOLDER, an
@@ -44,6 +48,9 @@ PROMPTS = [f"Ticket {i}: my parcel {i} is late and the courier does not answer" 
 # base -> (baseline prompts, requests at concurrency 1, 8, 32, gateway-overhead pairs): enough for
 # a steady rate, small enough that the real base's run stays within minutes on 2 cores.
 SIZES = {"tiny": (32, (16, 64, 128), 60), "real": (4, (4, 8, 32), 20)}
+# base -> workload -> requests at concurrency 1 and 32, for the prefix cache's comparison. The tiny
+# model's 256-token context cannot hold the agent's prompts.
+PREFIX_SIZES = {"tiny": {"triage": (16, 128)}, "real": {"triage": (8, 64), "agent": (4, 32)}}
 # base -> (long requests, short requests, seconds between short arrivals, speculation prompts)
 WORKLOADS = {"tiny": (4, 16, 0.05, 32), "real": (4, 8, 0.5, 12)}
 
@@ -196,19 +203,73 @@ def speculation(path: str, n: int, tokens: int) -> None:
               f"({e.accepted / max(e.drafted, 1):.0%}); identical outputs {same}/{n}")  # fmt: skip
 
 
-def load(client: openai.OpenAI, model: str, prompts: list[str], tokens: int, concurrency: int):
-    def one(p):
+def asking(prompts: list[str]) -> list[dict]:
+    """Chat requests of one user message each."""
+    return [{"messages": [{"role": "user", "content": p}]} for p in prompts]
+
+
+def load(client: openai.OpenAI, model: str, requests: list[dict], tokens: int, concurrency: int):
+    """Send the chat `requests` (greedy, up to `tokens` each) `concurrency` at a time: (completion
+    tokens/s, p50 and p99 latency in seconds, each answer's message)."""
+
+    def one(request: dict):
         t0 = time.perf_counter()
-        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
-                                           max_tokens=tokens, temperature=0)  # fmt: skip
-        return time.perf_counter() - t0, r.usage.completion_tokens
+        r = client.chat.completions.create(model=model, **request, max_tokens=tokens, temperature=0)
+        return time.perf_counter() - t0, r.usage.completion_tokens, r.choices[0].message
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(one, prompts))
+        results = list(pool.map(one, requests))
     wall = time.perf_counter() - started
     latencies = sorted(r[0] for r in results)
-    return sum(r[1] for r in results) / wall, latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+    return (sum(r[1] for r in results) / wall, latencies[len(latencies) // 2],
+            latencies[int(len(latencies) * 0.99) - 1], [r[2] for r in results])  # fmt: skip
+
+
+def prefix_caching(base: str, work: Path, tokens: int, sizes: dict[str, tuple[int, int]]) -> None:
+    """The prefix cache (serving.prefix) on vs off, side by side through the OpenAI API of one
+    `flywheel serve` with two routes on the same model, `prefix_cache` true and false. Workloads: the
+    demo's triage chats (its system prompt, then a ticket) and its agent's (instructions and tools,
+    then a request); `sizes`: workload -> (requests at concurrency 1, at 32). Each level runs on both
+    routes in turn, so that both see the same load on a shared machine."""
+    import os
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from flywheel.demo import agent, world
+
+    home = work / "prefix"
+    home.mkdir()
+    routes = "".join(f'[routes.{name}]\nkind = "local"\npath = "{base}"\nmax_batch = 32\nmax_wait_ms = 5\n'
+                     f"prefix_cache = {on}\n" for name, on in (("cached", "true"), ("plain", "false")))  # fmt: skip
+    (home / "flywheel.toml").write_text(f"[gateway]\nmax_tokens = {tokens}\n{routes}")
+    key = make_keys(home, "bench", role="admin")["bench"]  # admin: it reads /metrics
+    workloads = {name: [{"messages": row["messages"][:-1], **({"tools": row["tools"]} if "tools" in row else {})}
+                        for row in module.golden(max(sizes[name]) + 2)]
+                 for name, module in (("triage", world), ("agent", agent)) if name in sizes}  # fmt: skip
+    print(f"prefix cache: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start")
+    server = _start(Server(home))
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=600)
+        for name, requests in workloads.items():
+            for route in ("plain", "cached"):  # warm up; the cached route keeps the shared prefix
+                load(client, route, requests[-2:], 2, 1)
+            for concurrency, n in zip((1, 32), sizes[name]):
+                runs = {route: load(client, route, requests[:n], tokens, concurrency) for route in ("plain", "cached")}
+                (off_tps, off_p50, _, off_answers), (on_tps, on_p50, _, on_answers) = runs["plain"], runs["cached"]
+                pairs = zip(off_answers, on_answers)
+                same = sum((a.content, a.tool_calls) == (b.content, b.tool_calls) for a, b in pairs)
+                print(f"prefix cache, {name} (demo), concurrency {concurrency:>2}, {n} requests, up to {tokens} "
+                      f"tokens: off {off_tps:,.1f} tokens/s p50 {off_p50 * 1000:,.0f} ms; on {on_tps:,.1f} tokens/s "
+                      f"p50 {on_p50 * 1000:,.0f} ms: {on_tps / off_tps:.2f}x tokens/s, p50 {off_p50 / on_p50:.2f}x lower; "
+                      f"identical outputs {same}/{n}")  # fmt: skip
+        metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {key}"}).text
+        counts = {s.labels["result"]: int(s.value) for f in text_string_to_metric_families(metrics) for s in f.samples
+                  if s.name == "flywheel_prefix_cache_requests_total" and s.labels["route"] == "cached"}  # fmt: skip
+        print(f"prefix cache: {counts.get('hit', 0)} hits, {counts.get('miss', 0)} misses on the cached route; "
+              f"load average {os.getloadavg()[0]:.1f} at the end")
+    finally:
+        server.stop()
 
 
 def rss_mb(pid: int) -> float:
@@ -223,6 +284,8 @@ def main() -> None:
     parser.add_argument("--base", default="tiny", help="tiny (built here), smollm2 (the embedded SmolLM2-135M-Instruct, "
                         "imported here) or the folder of an imported Hugging Face model")
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--prefix-only", action="store_true", help="the prefix cache's comparison alone, up to 8 "
+                        "tokens per request (answers as short as the demo's triage labels)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-serve-"))
     up_dir = work / "upstream"
@@ -233,6 +296,9 @@ def main() -> None:
     n_params = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_pretrained(base).parameters())
     n_baseline, levels, n_overhead = SIZES["tiny" if args.base == "tiny" else "real"]
     print(f"{args.base} ({base}): {n_params / 1e6:.1f}M parameters, {args.tokens} new tokens per request, greedy")
+    prefix_sizes = PREFIX_SIZES["tiny" if args.base == "tiny" else "real"]
+    if args.prefix_only:
+        return prefix_caching(base, work, 8, prefix_sizes)
 
     # adapter_dirs: the bench's adapters live in its own folder, outside <home>/models
     (up_dir / "flywheel.toml").write_text(f'[gateway]\nmax_tokens = 256\n[serving]\nadapter_dirs = ["{work}"]\n'
@@ -246,7 +312,7 @@ def main() -> None:
     gw = _start(Server(gw_dir, env={"UP_KEY": key}))
     try:
         client = openai.OpenAI(base_url=f"{up.url}/v1", api_key=key, max_retries=0, timeout=300)
-        load(client, "local", PROMPTS[:8], 4, 8)  # warm up
+        load(client, "local", asking(PROMPTS[:8]), 4, 8)  # warm up
         base_s, base_tokens = baseline(base, PROMPTS[:n_baseline], args.tokens)
         base_tps = base_tokens / base_s
         print(f"baseline: sequential model.generate, {n_baseline} prompts: {base_tps:,.1f} tokens/s")
@@ -254,19 +320,20 @@ def main() -> None:
         static_tps = static_tokens / static_s
         print(f"static batch: one model.generate of 32 prompts: {static_tps:,.1f} tokens/s ({static_tps / base_tps:.1f}x baseline)")
         for concurrency, n in zip((1, 8, 32), levels):
-            tps, p50, p99 = load(client, "local", PROMPTS[:n], args.tokens, concurrency)
+            tps, p50, p99, _ = load(client, "local", asking(PROMPTS[:n]), args.tokens, concurrency)
             print(f"engine, concurrency {concurrency:>2}, {n} requests: {tps:,.1f} tokens/s ({tps / base_tps:.1f}x baseline, "
                   f"{tps / static_tps:.2f}x static batch), p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")  # fmt: skip
         n_long, n_short, gap, n_spec = WORKLOADS["tiny" if args.base == "tiny" else "real"]
         mixed_lengths(base, 4 * args.tokens, args.tokens // 4, n_long, n_short, gap)
         speculation(base, n_spec, args.tokens)
+        prefix_caching(base, work, 8, prefix_sizes)
 
         before = rss_mb(up.proc.pid)
         admin = httpx.Client(base_url=up.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
         for i in range(8):
             path = make_adapter(base, work / f"ada-{i}", i)
             assert admin.post("/v1/load_lora_adapter", json={"lora_name": f"ada-{i}", "lora_path": path}).status_code == 200
-            load(client, f"ada-{i}", PROMPTS[:4], 4, 4)
+            load(client, f"ada-{i}", asking(PROMPTS[:4]), 4, 4)
         after = rss_mb(up.proc.pid)
         print(f"multi-LoRA: RSS {before:,.0f} MB with no adapter, {after:,.0f} MB with 8 ({after / before:.2f}x) "
               f"[target <= {'1.2' if args.base == 'tiny' else '1.1'}x]")

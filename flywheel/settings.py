@@ -67,6 +67,12 @@ class RouteSettings(BaseModel):
     speculative: Literal["off", "ngram"] = Field("off", description="local: speculative decoding of a greedy request "
                                                  "decoding alone: off, or ngram (drafts the tokens that followed the last "
                                                  "occurrence of its latest few tokens; the same output, fewer passes).")
+    prefix_cache: bool = Field(True, description="local: compute the keys and values of a prompt prefix that requests "
+                               "share (a task's system prompt, its tools) once per model and reuse them: the same "
+                               "output, a shorter prefill (serving.prefix).")
+    prefix_cache_tokens: int = Field(4096, ge=1, description="local, with prefix_cache: most prefix tokens kept, all "
+                                     "models together; the least recently used go first. A token costs layers x 2 x "
+                                     "key-value heads x head size x 4 bytes (SmolLM2-135M: 46 KB, so 4096 ≈ 190 MB).")
     projects: list[str] | None = Field(None, description="Projects that may use this route (unset: every project).")
     redact_input: bool = Field(False, description="local: redact PII in prompts before the model sees them, as in "
                                "the (redacted) data it was trained on.")

@@ -4,12 +4,17 @@ Rows come and go between two decoding steps (continuous batching): newcomers are
 small batch of their own and merged in (`merge`), finished rows are dropped (`select`). The cache
 holds every row's tokens right-aligned: a shorter row is left-padded with zeros that its attention
 mask hides, and each row keeps its own position ids, so a row computes the same tokens whatever
-joins or leaves around it.
+joins or leaves around it. Rows prefilled after a cached prompt prefix (serving.prefix) hold that
+prefix first, then their own tokens: the padding between the two is masked out too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serving.prefix import Prefix
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -61,12 +66,23 @@ class Batch:
             self.mask, self.positions = self.mask[:, :-n], self.positions - n
 
 
-def prefill(model, rows: list, pad_id: int, device: str, logits_to_keep: dict) -> tuple[Batch, object]:
-    """Run the rows' prompts (plus any tokens they already have: a retried row goes on) as one
-    left-padded batch. Returns the batch and the float logits of each row's last position [rows, vocab]."""
-    import torch
+def context(row) -> list[int]:
+    """What a row's prefill runs: its prompt plus any tokens it already has (a retried row goes on)."""
+    return row.gen.prompt_ids + row.tokens
 
-    inputs = [row.gen.prompt_ids + row.tokens for row in rows]
+
+def prefill(model, rows: list, pad_id: int, device: str, logits_to_keep: dict,
+            prefix: Prefix | None = None) -> tuple[Batch, object]:
+    """Run the rows' contexts as one left-padded batch. Returns the batch and the float logits of each
+    row's last position [rows, vocab]. After a cached `prefix` that every row's context starts with,
+    only the rest is run: the cache starts with the prefix's keys and values in every row, each row's
+    own tokens follow it (left-padded: the padding sits between the two, masked out), and their
+    positions count on from the prefix's end."""
+    import torch
+    from transformers import DynamicCache
+
+    start = len(prefix.ids) if prefix is not None else 0
+    inputs = [context(row)[start:] for row in rows]
     width = max(len(i) for i in inputs)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -74,20 +90,40 @@ def prefill(model, rows: list, pad_id: int, device: str, logits_to_keep: dict) -
         ids[i, width - len(row_ids):] = torch.tensor(row_ids)
         mask[i, width - len(row_ids):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **logits_to_keep,
-                **adapter_names(model, rows))  # fmt: skip
+    positions = start + (mask.cumsum(-1) - 1).clamp(min=0)
+    past = None
+    if prefix is not None:  # (the cache copies the prefix's tensors: later steps never write into the entry)
+        every_row = (len(rows), -1, -1, -1)
+        past = DynamicCache([(keys.expand(every_row), values.expand(every_row)) for keys, values in prefix.layers])
+        mask = torch.cat([torch.ones((len(rows), start), dtype=torch.long, device=device), mask], dim=-1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True,
+                **logits_to_keep, **adapter_names(model, rows))  # fmt: skip
     return Batch(rows, out.past_key_values, mask, positions[:, -1:]), out.logits[:, -1, :].float()
 
 
-def merge(running: Batch | None, new: Batch) -> Batch:
+def prefix_layers(model, row, length: int, device: str, logits_to_keep: dict) -> list | None:
+    """The keys and values of the first `length` tokens of `row`'s context, run alone on the row's
+    model (or adapter): per layer (keys, values) [1, heads, length, head_dim]. None when the model's
+    cache has layers other than plain growing ones (a sliding window would drop a prefix's start)."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    ids = torch.tensor([context(row)[:length]], dtype=torch.long, device=device)
+    positions = torch.arange(length, device=device)[None]
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, use_cache=True,
+                **logits_to_keep, **adapter_names(model, [row]))  # fmt: skip
+    layers = out.past_key_values.layers
+    return [(layer.keys, layer.values) for layer in layers] if all(type(x) is DynamicLayer for x in layers) else None
+
+
+def merge(running: Batch | None, new: Batch | None) -> Batch | None:
     """`new`'s rows join `running`: the narrower cache is left-padded to the wider one's width
     (zeros, masked out), then the two are stacked along the batch dimension."""
     import torch
     import torch.nn.functional as F
 
-    if running is None:
-        return new
+    if running is None or new is None:
+        return new if running is None else running
     width = max(running.mask.shape[1], new.mask.shape[1])
 
     def pad(t, seq_dim_from_end: int):  # left-pad dimension -seq_dim_from_end up to `width`

@@ -11,6 +11,9 @@ loads and unloads run in the engine thread between two steps, so they never race
 and an unload waits for the running rows that use its adapter, so an in-flight request never fails
 because of it.
 
+Newcomers whose prompts start with a prefix that others had (a task's system prompt, its tools) are
+prefilled from that prefix's cached keys and values (serving.prefix): only their own tokens are run.
+
 A greedy request decoding alone may speculate (`speculative = "ngram"`, serving.speculate): several
 tokens per forward pass, the same output.
 
@@ -34,19 +37,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flywheel.optimize.options import is_variant
 from flywheel.tools import render
-from serving.batch import Batch, last_logits_only, merge, prefill
+from serving.batch import Batch, last_logits_only, merge, prefill, prefix_layers
 from serving.constrain import Constraint, Grammars
-from serving.model_check import (
-    ModelLoadError,
-    check_adapter_base,
-    check_folder,
-    check_shapes,
-    check_whole_model,
-    is_adapter,
-    read_adapter,
-)
+from serving.loading import Loading
+from serving.model_check import ModelLoadError, check_whole_model
+from serving.prefix import PrefixCache
 from serving.speculate import MODES, accept
 from serving.variants import Variants
 
@@ -86,12 +82,13 @@ class _Row:
     finished: bool = False  # its last event, `done`, was emitted (or its client went away)
 
 
-class Engine:
+class Engine(Loading):  # (serving.loading: its adapter and model loads and unloads)
     def __init__(self, path: str, *, adapters: dict[str, str] | None = None, max_batch: int = 16,
                  max_wait_ms: float = 5.0, route: str = "local", home: Path | None = None,
-                 speculative: str = "off", join_running: bool = True):
+                 speculative: str = "off", join_running: bool = True, prefix_cache_tokens: int = 4096):
         """`join_running` False keeps newcomers waiting until the running batch has finished (static
-        batching, as before continuous batching), for the benchmark's comparison."""
+        batching, as before continuous batching), for the benchmark's comparison. `prefix_cache_tokens`:
+        the most prompt-prefix tokens whose keys and values are kept for reuse (serving.prefix; 0: none)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,6 +99,7 @@ class Engine:
         self.max_wait_s = max_wait_ms / 1000
         self.speculative, self.join_running = speculative, join_running
         self.drafted = self.accepted = 0  # draft tokens proposed, and accepted by the model (speculation)
+        self.prefixes = PrefixCache(prefix_cache_tokens, route)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if Path(path).exists():  # (else a cached model id, as from_pretrained takes it)
             check_whole_model(path)
@@ -167,77 +165,6 @@ class Engine:
         return future
 
     # --- the engine thread -------------------------------------------------------------------
-
-    def check_adapter(self, path: str) -> None:
-        """Raise `ModelLoadError` unless the LoRA adapter at `path` belongs on this route's base."""
-        config, shapes = read_adapter(path)
-        check_adapter_base(path, config, self.route, self.path, self.home)
-        if shapes is not None:
-            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            check_shapes(path, config, shapes, base, self.route, self.path, self.home)
-
-    def whole_model(self, path: str, dtype) -> object:
-        """The whole model at `path` (checked first) in `dtype`, on our device; it must share our vocabulary."""
-        from transformers import AutoModelForCausalLM
-
-        check_whole_model(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
-        if model.config.vocab_size != self.model.config.vocab_size:
-            raise ModelLoadError(f"{path} has another vocabulary ({model.config.vocab_size} tokens) than route "
-                                 f"{self.route!r}'s base model {self.path!r} ({self.model.config.vocab_size})")  # fmt: skip
-        return model
-
-    def _load(self, name: str, path: str) -> None:
-        """A variant folder (`serving.json`) is built by serving.variants; a folder with
-        `adapter_config.json` is a LoRA adapter on our base; any other folder is a whole small model
-        (e.g. a fully fine-tuned student), served side by side. Each is checked first
-        (serving.model_check), so a wrong folder is refused before the model changes."""
-        if name in self.adapters:
-            raise ValueError(f"lora_name: adapter {name!r} is already loaded")
-        if is_variant(check_folder(path)):
-            self.full_models[name] = self._guarded(name, path, lambda: self.variants.load(self, name, path))
-        elif is_adapter(path):
-            self.check_adapter(path)
-            self._guarded(name, path, lambda: self._load_adapter(name, path))
-        else:
-            self.full_models[name] = self._guarded(name, path, lambda: self.whole_model(path, self.model.dtype))
-        self.adapters[name] = path
-
-    def _guarded(self, name: str, path: str, load: Callable[[], object]) -> object:
-        """`load()`; whatever the libraries raise becomes a `ModelLoadError` naming the folder."""
-        try:
-            return load()
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a corrupt file raises anything; the caller gets a 4xx
-            if name in getattr(self.model, "peft_config", {}):  # a half-loaded adapter goes again
-                try:
-                    self.model.delete_adapter(name)
-                except Exception:  # noqa: BLE001 - best effort; the load already failed
-                    log.warning("could not remove the half-loaded adapter %r", name)
-            raise ModelLoadError(f"{path}: cannot load: {type(exc).__name__}: {exc}") from None
-
-    def _load_adapter(self, name: str, path: str) -> None:
-        from peft import PeftModel
-
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(path, adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
-
-    def _unload(self, name: str) -> None:
-        if name not in self.adapters:
-            raise KeyError(f"lora_name: no adapter {name!r} is loaded")
-        self.variants.forget(name)
-        if self.full_models.pop(name, None) is None:
-            remaining = [n for n in self.model.peft_config if n != name]
-            if not remaining:  # the last one: back to the plain base (PEFT would keep pointing at it)
-                self.model = self.model.unload().eval()
-            else:
-                if name in self.model.active_adapters:  # a loaded adapter must stay active for the next load
-                    self.model.set_adapter(remaining[0])
-                self.model.delete_adapter(name)
-        del self.adapters[name]
 
     def _run_admin(self) -> None:
         """Run the adapter commands, in order. An unload waits while a running row still uses its
@@ -353,9 +280,11 @@ class Engine:
             return None
         model = self._model(key)
         self.variants.use_threads(key)
+        keep = last_logits_only(model)
         try:
-            with torch.inference_mode():
-                batch, logits = prefill(model, rows, self.pad_id, self.device, last_logits_only(model))
+            with torch.inference_mode():  # (every forward pass first: a failure then emits no token twice)
+                groups = self.prefixes.plan(rows, lambda row, n: prefix_layers(model, row, n, self.device, keep))
+                done = [prefill(model, group, self.pad_id, self.device, keep, prefix) for prefix, group in groups]
         except Exception as exc:
             if len(rows) == 1:
                 log.exception("generation failed")
@@ -364,11 +293,12 @@ class Engine:
             log.warning("a batch of %d failed (%s); prefilling its rows one by one", len(rows), _why(exc))
             joined = None
             for row in rows:
-                alone = self._prefill(key, [row])
-                if alone is not None:
-                    joined = merge(joined, alone)
+                joined = merge(joined, self._prefill(key, [row]))
             return joined
-        return self._choose(batch, logits)
+        joined = None
+        for batch, logits in done:
+            joined = merge(joined, self._choose(batch, logits))
+        return joined
 
     def _decode(self, key: str | None) -> None:
         """One step of a running batch: every row gets its next token (a speculating row, maybe several).

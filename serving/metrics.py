@@ -25,3 +25,6 @@ TOOL_CALLS_UNPARSED = Counter("flywheel_tool_calls_unparsed_total",
                               "Local-route answers returned as text although they hold <tool_call> text, by route and "
                               "reason: malformed (does not parse), not_allowed (tool_choice none), missing (a call was "
                               "required, none came)", ["route", "reason"])  # fmt: skip
+PREFIX_CACHE = Counter("flywheel_prefix_cache_requests_total",
+                       "Prefills of a local route's engine by route and result: hit (run from the end of a cached "
+                       "prompt prefix, serving.prefix) or miss (run whole)", ["route", "result"])  # fmt: skip

@@ -45,7 +45,9 @@ class LocalBackend(Backend):
         path = await run_in_threadpool(model_path, self.home, route.path) if self.home else route.path
         self.engine = await run_in_threadpool(lambda: Engine(path, adapters=route.adapters, max_batch=route.max_batch,
                                                              max_wait_ms=route.max_wait_ms, route=self.name,
-                                                             speculative=route.speculative, home=self.home))  # fmt: skip
+                                                             speculative=route.speculative, home=self.home,
+                                                             prefix_cache_tokens=route.prefix_cache_tokens
+                                                             if route.prefix_cache else 0))  # fmt: skip
         self.failed_adapters = dict(self.engine.failed)
 
     async def close(self) -> None:
