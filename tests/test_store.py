@@ -77,6 +77,33 @@ def test_lock_held_too_long_is_a_clear_error(tmp_path):
     proc.wait()
 
 
+def test_threads_of_one_process_open_and_close_the_file_at_once(tmp_path):
+    # Readers beside writers in one process (the service's alias refresh beside its writer): DuckDB
+    # refuses an open while another thread's instance of the same file is being set up or torn down
+    # ("Unique file handle conflict", "different configuration"). It passes at once: waited for.
+    import threading
+
+    path = tmp_path / "f.duckdb"
+    with store.connect(path):
+        pass
+    errors = []
+
+    def work(read_only: bool) -> None:
+        for _ in range(300):
+            try:
+                with store.connect(path, read_only=read_only, timeout_s=10) as con:
+                    con.execute("SELECT 1").fetchall()
+            except Exception as exc:  # noqa: BLE001 (each one is the failure this test looks for)
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
 def test_read_only_needs_an_existing_database(tmp_path):
     with pytest.raises(FileNotFoundError, match="flywheel init"):
         store.open_connection(tmp_path / "missing.duckdb", read_only=True)
