@@ -289,3 +289,46 @@ def test_frozen_layers_are_computed_once_per_example_with_the_same_result(world,
     assert a.keys() == b.keys() and all(".layers.1." in k for k in a)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     assert reused.metrics["eval_loss"] == pytest.approx(plain.metrics["eval_loss"], rel=1e-3)
+
+
+def test_the_lm_head_scores_only_labelled_positions_with_the_same_loss_and_gradient(monkeypatch):
+    # On a CPU, TRL's fused LM head projects every position onto the vocabulary and masks the
+    # unlabelled ones afterwards; inside `labelled_positions_only` it projects the labelled ones
+    # alone (3 of 19 a row here), and the loss and gradients must not change.
+    import trl.trainer.utils as trl_utils
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from flywheel.train.labelled_positions import labelled_positions_only
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    add_fused_lm_head(model)
+    ids = torch.randint(0, 300, (3, 20))
+    labels = torch.full_like(ids, -100)
+    labels[:, -3:] = ids[:, -3:]  # a completion of 3 tokens
+    projected = []
+    score = trl_utils._ChunkedLogProbFunction.apply
+
+    def counted(hidden, *rest):
+        projected.append(hidden.shape[0])
+        return score(hidden, *rest)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
+
+    def loss_and_gradients():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out.loss.detach(), [p.grad.clone() for p in model.model.layers.parameters()]
+
+    choice = trl_utils._use_triton
+    every_loss, every_grads = loss_and_gradients()
+    with labelled_positions_only():
+        only_loss, only_grads = loss_and_gradients()
+    assert trl_utils._use_triton is choice  # restored on the way out
+    assert projected == [3 * 19, 3 * 3]
+    assert only_loss == pytest.approx(every_loss.item(), rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(every_grads, only_grads))

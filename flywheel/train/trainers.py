@@ -22,6 +22,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from flywheel.train.frozen_layers import cached_frozen_layers, reusable_below
+from flywheel.train.labelled_positions import labelled_positions_only
 from flywheel.train.methods import METHODS
 from flywheel.train.recipes import Recipe, lora_config, trl_config, use_bf16
 
@@ -124,6 +125,11 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, out_dir: 
 
 def run(recipe: Recipe, train_ds, eval_ds, out_dir: Path, *, resume_from: str | None = None, callbacks: list = ()) -> dict[str, Any]:
     """Train, evaluate and save; return the metrics. Raises `NonFiniteLossError` when the guard trips."""
+    with labelled_positions_only():  # the losses, training's and evaluation's, score labelled positions only
+        return _run(recipe, train_ds, eval_ds, out_dir, resume_from=resume_from, callbacks=callbacks)
+
+
+def _run(recipe: Recipe, train_ds, eval_ds, out_dir: Path, *, resume_from: str | None, callbacks: list) -> dict[str, Any]:
     from transformers import set_seed
 
     from flywheel.train.generate import exact_match
