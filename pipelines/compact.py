@@ -9,14 +9,12 @@ module adds retries for a busy or briefly unreachable catalog, the report as an 
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flywheel.settings import Settings, load_settings
 from flywheel.store.compact import CompactionReport, compact
-from pipelines.retries import publish_markdown, retry_io
+from pipelines.retries import interval_deployment, publish_markdown, retry_io
 
 COMPACT_DEPLOYMENT = "compact"
 
@@ -38,12 +36,8 @@ def compact_flow(data_dir: str | None = None) -> dict[str, int | str]:
 
 def compact_deployment(settings: Settings, *, every_s: float = 6 * 3600.0):
     """The interval deployment of `compact_flow` for a lake store, else None (nothing to compact)."""
-    from prefect.deployments.runner import EntrypointType
-
     if settings.store.kind != "lake":
         return None
-    return compact_flow.to_deployment(
-        name=COMPACT_DEPLOYMENT, interval=timedelta(seconds=every_s), concurrency_limit=1,
-        parameters={"data_dir": str(settings.home.resolve())}, tags=["flywheel", "store"],
-        description="Merges the lake's small files, expires old snapshots, deletes unused files (flywheel.store.compact)",
-        entrypoint_type=EntrypointType.MODULE_PATH)  # fmt: skip
+    return interval_deployment(compact_flow, COMPACT_DEPLOYMENT, settings, every_s=every_s, tags=["flywheel", "store"],
+                               description="Merges the lake's small files, expires old snapshots, deletes unused files "
+                                           "(flywheel.store.compact)")  # fmt: skip

@@ -14,7 +14,6 @@ another try; each settle reads the numbers afresh, so a retry never acts on stal
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from prefect import flow, task
@@ -24,7 +23,7 @@ from flywheel.registry.canary import Settlement, settle
 from flywheel.settings import Settings, load_settings
 from flywheel.task import Task, resolve_task
 from pipelines.loop import service_loader
-from pipelines.retries import publish_markdown, retry_io
+from pipelines.retries import interval_deployment, publish_markdown, retry_io
 
 SETTLE_DEPLOYMENT = "settle"
 
@@ -70,12 +69,8 @@ def settle_flow(task: str | None = None, data_dir: str | None = None) -> dict[st
 def settle_deployment(settings: Settings, *, every_s: float = 3600.0):
     """The interval deployment `flywheel up` serves when some task runs canaries (`gate.canary_share`),
     else None. It settles every task, so a canary started by hand is settled too."""
-    from prefect.deployments.runner import EntrypointType
-
     if not any(cfg.gate.get("canary_share") for cfg in settings.tasks.values()):
         return None
-    return settle_flow.to_deployment(
-        name=SETTLE_DEPLOYMENT, interval=timedelta(seconds=every_s), concurrency_limit=1,
-        parameters={"data_dir": str(settings.home.resolve())}, tags=["flywheel", "canary"],
-        description="Promotes or rolls back each running canary from live thumbs (see flywheel.registry.canary)",
-        entrypoint_type=EntrypointType.MODULE_PATH)  # fmt: skip
+    return interval_deployment(settle_flow, SETTLE_DEPLOYMENT, settings, every_s=every_s, tags=["flywheel", "canary"],
+                               description="Promotes or rolls back each running canary from live thumbs "
+                                           "(see flywheel.registry.canary)")  # fmt: skip

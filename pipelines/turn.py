@@ -22,7 +22,7 @@ its last turn (`feedback_since_last_turn`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, task
@@ -42,7 +42,12 @@ from pipelines.loop import (
     service_key,
     train_stage,
 )
-from pipelines.retries import publish_markdown, publish_table, retry_io
+from pipelines.retries import (
+    interval_deployment,
+    publish_markdown,
+    publish_table,
+    retry_io,
+)
 
 TRIGGER_DEPLOYMENT = "feedback-trigger"
 
@@ -271,8 +276,7 @@ def build_deployments(settings: Settings, *, trigger_every_s: float = 60.0) -> l
     from prefect.schedules import Cron
 
     home = str(settings.home.resolve())
-    # MODULE_PATH: flow runs import `pipelines.turn` wherever the package is installed,
-    # instead of a file path relative to the directory `flywheel up` was started in.
+    # MODULE_PATH: as in pipelines.retries.interval_deployment.
     # concurrency_limit=1: a cron turn and a triggered turn of one task never run at once (the
     # second waits for the first: one training, one promotion at a time).
     deployments = [
@@ -284,10 +288,9 @@ def build_deployments(settings: Settings, *, trigger_every_s: float = 60.0) -> l
         for name, cfg in settings.tasks.items()
     ]
     if any(cfg.min_new_feedback for cfg in settings.tasks.values()):
-        deployments.append(feedback_trigger_flow.to_deployment(
-            name=TRIGGER_DEPLOYMENT, interval=timedelta(seconds=trigger_every_s), parameters={"data_dir": home},
-            tags=["flywheel"], description="Starts a turn when a task has gathered min_new_feedback new feedback",
-            entrypoint_type=EntrypointType.MODULE_PATH))  # fmt: skip
+        deployments.append(interval_deployment(
+            feedback_trigger_flow, TRIGGER_DEPLOYMENT, settings, every_s=trigger_every_s, tags=["flywheel"],
+            description="Starts a turn when a task has gathered min_new_feedback new feedback"))  # fmt: skip
     from pipelines.compact import compact_deployment
     from pipelines.settle import settle_deployment
 

@@ -10,6 +10,7 @@ prefix first, then their own tokens: the padding between the two is masked out t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ class Batch:
         n = ids.shape[1]
         mask = torch.cat([self.mask, torch.ones_like(ids)], dim=-1)
         positions = self.positions + torch.arange(1, n + 1, device=ids.device)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.past,
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{cache_name(): self.past},
                     use_cache=True, **logits_to_keep, **adapter_names(model, self.rows))  # fmt: skip
         self.mask, self.positions = mask, positions[:, -1:]
         return out.logits.float()
@@ -96,9 +97,9 @@ def prefill(model, rows: list, pad_id: int, device: str, logits_to_keep: dict,
         every_row = (len(rows), -1, -1, -1)
         past = DynamicCache([(keys.expand(every_row), values.expand(every_row)) for keys, values in prefix.layers])
         mask = torch.cat([torch.ones((len(rows), start), dtype=torch.long, device=device), mask], dim=-1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True,
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{cache_name(): past}, use_cache=True,
                 **logits_to_keep, **adapter_names(model, rows))  # fmt: skip
-    return Batch(rows, out.past_key_values, mask, positions[:, -1:]), out.logits[:, -1, :].float()
+    return Batch(rows, getattr(out, cache_name()), mask, positions[:, -1:]), out.logits[:, -1, :].float()
 
 
 def prefix_layers(model, row, length: int, device: str, logits_to_keep: dict) -> list | None:
@@ -112,7 +113,7 @@ def prefix_layers(model, row, length: int, device: str, logits_to_keep: dict) ->
     positions = torch.arange(length, device=device)[None]
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, use_cache=True,
                 **logits_to_keep, **adapter_names(model, [row]))  # fmt: skip
-    layers = out.past_key_values.layers
+    layers = getattr(out, cache_name()).layers
     return [(layer.keys, layer.values) for layer in layers] if all(type(x) is DynamicLayer for x in layers) else None
 
 
@@ -138,6 +139,16 @@ def merge(running: Batch | None, new: Batch | None) -> Batch | None:
     running.next_ids = torch.cat([running.next_ids, new.next_ids])
     running.rows = running.rows + new.rows
     return running
+
+
+@functools.cache
+def cache_name() -> str:
+    """What the installed transformers calls the KV cache, in a forward's arguments and its output:
+    `cache` from 5.2x on (where `past_key_values` warns at every forward until its removal in 5.40),
+    `past_key_values` before."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def adapter_names(model, rows: list) -> dict:
