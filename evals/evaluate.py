@@ -129,8 +129,8 @@ def evaluate(settings, *, project: str, task: str, benchmark: BenchmarkSpec | st
     from flywheel.task import resolve_task
 
     gate = resolve_task(settings, task).gate  # the report applies the test the task's promotion gate applies
-    verdicts = compare(cand, inc, n_boot=n_boot, margin=gate.quality_margin,
-                       min_examples=gate.min_examples) if inc is not None else None  # fmt: skip
+    verdicts = compare(cand, inc, n_boot=n_boot, margin=gate.quality_margin, min_examples=gate.min_examples,
+                       gated=spec.gate) if inc is not None else None  # fmt: skip
     passed = cand.complete and (verdicts.passed if verdicts else True)
     out = Path(report_dir) if report_dir else Path(settings.home) / "reports" / "eval" / task / cand.id
     out.mkdir(parents=True, exist_ok=True)

@@ -180,7 +180,7 @@ def _measure(settings: Settings, task: Task, service: Service, spec: BenchmarkSp
     return m
 
 
-def _judge(settings: Settings, task: Task, rung: list[Measurement], base: Measurement) -> None:
+def _judge(settings: Settings, task: Task, spec: BenchmarkSpec, rung: list[Measurement], base: Measurement) -> None:
     """Each measurement's quality verdict against the current option's, on the same examples."""
     from evals.runner import load_run
 
@@ -189,7 +189,7 @@ def _judge(settings: Settings, task: Task, rung: list[Measurement], base: Measur
         for m in rung:
             if m.error is None and m is not base:
                 verdicts = compare(load_run(con, m.run_id), base_run, margin=task.gate.quality_margin,
-                                   min_examples=task.gate.min_examples)  # fmt: skip
+                                   min_examples=task.gate.min_examples, gated=spec.gate)  # fmt: skip
                 m.verdict = verdicts.dimensions.get("quality")
                 bound = verdicts.quality_bound
                 m.quality_ci = (bound.ci_low, bound.ci_high) if bound else None
@@ -271,7 +271,7 @@ def optimize(settings: Settings, task: Task, service: Service) -> Optimization:
         if base.error is not None:
             result.reason = f"the option serving now ({current.name}) failed on the benchmark: {base.error}; nothing changes"
             break
-        _judge(settings, task, rung, base)
+        _judge(settings, task, spec, rung, base)
         if n >= len(examples) or time.monotonic() - started > cfg.time_budget_s or len(rung) == 1:
             for m in rung:
                 m.outcome = f"failed: {m.error}" if m.error else m.outcome

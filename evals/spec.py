@@ -62,6 +62,7 @@ class _Spec(_Strict):
     sampling: _Sampling | None = None
     metrics: Annotated[list[Any], Field(min_length=1)]  # each entry is checked by `evals.metrics.build_metric`
     primary: str | None = None
+    gate: list[str] | None = None
     tools: list[Any] | None = None  # checked by `check_tools`
 
 
@@ -97,6 +98,10 @@ class BenchmarkSpec:
     temperature: float = 0.0
     task: str | None = None
     primary: str | None = None  # the quality metric on the Pareto charts (default: the first)
+    # The quality metrics the promotion gate tests (default: all). The others are compared and reported
+    # as `diagnostic`: a metric over a slice of the examples (irrelevance: the ones that need no tool)
+    # has too few of them for a non-inferiority test at a 0.01 margin, whatever the model does.
+    gate: list[str] | None = None
     tools: list[dict[str, Any]] | None = None  # offered with every example that has no `tools` of its own
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +133,8 @@ class BenchmarkSpec:
         tools = check_tools(spec.tools, "tools") if spec.tools is not None else None
         if spec.primary is not None and spec.primary not in names:
             raise SpecError("primary", f"{spec.primary!r} is not one of the metric names {sorted(names)}")
+        if spec.gate is not None and (not spec.gate or set(spec.gate) - names):
+            raise SpecError("gate", f"must name one or more of the metric names {sorted(names)}, got {spec.gate}")
         base = Path(base_dir)
 
         def resolve(p: str | None) -> str | None:
@@ -135,7 +142,7 @@ class BenchmarkSpec:
 
         return cls(name=spec.name, metrics=spec.metrics, dataset=resolve(source.dataset), split=source.split,
                    golden=resolve(source.golden), limit=source.limit, max_tokens=sampling.max_tokens,
-                   temperature=sampling.temperature, task=spec.task, primary=spec.primary, tools=tools,
+                   temperature=sampling.temperature, task=spec.task, primary=spec.primary, gate=spec.gate, tools=tools,
                    raw=data)  # fmt: skip
 
     @classmethod

@@ -11,7 +11,9 @@ The bootstrap has no floor of its own (3 unanimous examples give a CI of [1, 1])
 `min_examples` pairs every verdict is `insufficient evidence`. And "not distinguishable from zero"
 is no evidence of equal quality (so is [-0.15, +0.03]): a comparison passes only when every quality
 CI's lower bound is at least -`margin` (non-inferiority). Both come from the promotion gate's
-config (`flywheel.registry.gate.GateConfig`), so the report applies the gate's own test.
+config (`flywheel.registry.gate.GateConfig`), so the report applies the gate's own test. A
+benchmark may name the quality metrics its gate tests (`gate:` in the spec); the others are
+compared all the same, as the `diagnostic` dimension, outside every verdict.
 
 A run that is not complete (failed, partial, errored examples) never passes: `Verdicts.passed`
 is False with the reason, whatever the numbers say.
@@ -19,7 +21,7 @@ is False with the reason, whatever the numbers say.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,12 +139,13 @@ def combine(verdicts: list[str]) -> str:
 
 def compare(candidate_run: EvalRun, incumbent_run: EvalRun, *, aggregates: dict[str, Callable] | None = None,
             n_boot: int = 2000, alpha: float = 0.05, seed: int = 0, margin: float = GateConfig.quality_margin,
-            min_examples: int = GateConfig.min_examples) -> Verdicts:  # fmt: skip
+            min_examples: int = GateConfig.min_examples, gated: Collection[str] | None = None) -> Verdicts:  # fmt: skip
     """Verdicts of candidate vs incumbent over the examples both answered without error.
 
     `aggregates`: metric name → corpus aggregate for metrics that are not a mean (macro-F1);
     `evals.runner.load_run` runs carry them, so callers rarely pass it. `margin` and
-    `min_examples`: the non-inferiority test (see the module docstring; the gate's settings)."""
+    `min_examples`: the non-inferiority test (see the module docstring; the gate's settings). `gated`:
+    the quality metrics the verdicts test (None: all); the others are compared as `diagnostic`."""
     if candidate_run.benchmark_version != incumbent_run.benchmark_version:
         raise EvalError(f"runs {candidate_run.id} and {incumbent_run.id} are on different benchmark versions "
                         f"({candidate_run.benchmark_version} vs {incumbent_run.benchmark_version}): not comparable")
@@ -164,7 +167,8 @@ def compare(candidate_run: EvalRun, incumbent_run: EvalRun, *, aggregates: dict[
             continue
         cv, iv = [c for c, _ in both], [i for _, i in both]
         d, lo, hi = paired_bootstrap(cv, iv, agg, n_boot=n_boot, alpha=alpha, seed=seed + k)
-        out.comparisons.append(Comparison(name, "quality", (agg or mean)(cv), (agg or mean)(iv), d, lo, hi,
+        dimension = "quality" if gated is None or name in gated else "diagnostic"
+        out.comparisons.append(Comparison(name, dimension, (agg or mean)(cv), (agg or mean)(iv), d, lo, hi,
                                           verdict(lo, hi) if enough else INSUFFICIENT))  # fmt: skip
     for dim, name, get in (("latency", "latency_ms", lambda r: r.latency_ms),
                            ("cost", "cost_per_1k_usd", lambda r: r.cost_usd * 1000)):  # fmt: skip

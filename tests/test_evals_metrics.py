@@ -124,6 +124,8 @@ GOOD = {"name": "b", "source": {"golden": "g.jsonl"}, "metrics": [{"type": "exac
     ({"sampling": {"max_tokens": "many"}}, "sampling.max_tokens"),
     ({"sampling": {"temperature": -1}}, "sampling.temperature"),
     ({"primary": "rouge_l"}, "primary"),
+    ({"gate": ["rouge_l"]}, "gate"),
+    ({"gate": []}, "gate"),
     ({"metricz": []}, "metricz"),
 ])  # fmt: skip
 def test_malformed_spec_names_the_field(patch, field):

@@ -163,3 +163,27 @@ def test_better_on_one_metric_does_not_hide_a_loss_on_another():
     assert v.dimensions["quality"] == BETTER and v.quality_bound.metric == "judge" and v.quality_bound.ci_low < -0.01
     assert not v.passed and not gate(v).promote
     assert "CI" in gate(v).reasons[0] and "(judge, paired bootstrap" in gate(v).reasons[0]
+
+
+def test_a_metric_outside_the_benchmarks_gate_is_compared_but_never_decides():
+    # The agent's benchmark: call accuracy decides; irrelevance is scored on the few examples that
+    # need no tool, too few to show non-inferiority at a 0.01 margin. Named out of the gate, it is
+    # still compared (and reported) as a diagnostic, and no verdict depends on it.
+    inc = planted(200, 0.6, 16)
+    better = [1.0 if b == 0 and i % 2 == 0 else b for i, b in enumerate(inc)]
+    few_inc, few_cand = [float(i < 14) for i in range(20)], [float(i < 13) for i in range(20)]
+
+    def two(rid: str, acc: list[float], slice_: list[float]) -> EvalRun:
+        r = run(rid, acc)
+        for i, x in enumerate(r.results):
+            x.scores["irrelevance"] = slice_[i] if i < len(slice_) else None  # not scored outside its slice
+        r.metrics["irrelevance"] = sum(slice_) / len(slice_)
+        return r
+
+    cand, incumbent = two("cand", better, few_cand), two("inc", inc, few_inc)
+    assert not compare(cand, incumbent).passed  # gating on both: the slice's CI reaches far below -0.01
+    v = compare(cand, incumbent, gated=["acc"])
+    assert v.passed and v.dimensions["quality"] == BETTER and v.quality_bound.metric == "acc"
+    (diagnostic,) = [c for c in v.comparisons if c.dimension == "diagnostic"]
+    assert diagnostic.metric == "irrelevance" and diagnostic.ci_low < -0.01
+    assert "diagnostic" not in v.dimensions and gate(v).promote
