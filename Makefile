@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean postgres
+.PHONY: install demo demo-agent test bench clean postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/flywheel demo
+
+# the demo with its second task, the tool-calling agent (a second adapter on the same base): slower
+demo-agent: $(STAMP)
+	$(VENV)/bin/flywheel demo --agent
 
 # PostgreSQL (a Debian package) for the lake store's tests, which start it in a temporary folder
 postgres:

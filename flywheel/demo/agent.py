@@ -35,21 +35,36 @@ TOOLS = [
 TOOL_NAMES = [t["function"]["name"] for t in TOOLS]
 
 # Request templates per right call; `None`: no tool is needed, the agent answers (the reply is the target).
+# Every template has slots besides the customer number: curation drops near-duplicates (user turn
+# and target, MinHash at Jaccard 0.8), so with fixed wording the requests that need no tool, and the
+# escalations, came down to a few examples each (10 and 4 of 97), and the student learned to call a
+# tool whatever it was asked.
 REQUESTS = {
     "lookup_order": ["Where is my order {order}?", "Has order {order} shipped yet?", "What is the status of {order}?"],
     "refund": ["Please refund ${amount} on order {order}, it arrived broken.",
                "I was overcharged ${amount} for order {order}, I want it back."],
     "update_address": ["Please send order {order} to {address} instead.", "I moved: the new address for order {order} is {address}."],
-    "escalate": ["I have written three times now, I want to talk to a manager.", "My lawyer will contact you about this.",
-                 "Someone changed my password and I did not do it."],
-    None: ["What are your opening hours?", "Thanks, that is all for today!", "Do you ship to Canada?"],
+    "escalate": ["I have written {times} times about order {order} now, I want to talk to a manager.",
+                 "My lawyer will contact you about order {order}.",
+                 "Someone changed the password of my account on {day} from {city} and it was not me."],
+    None: ["What are the opening hours of your {city} shop on {day}?", "Thanks, the {item} arrived on {day} and that is all for today!",
+           "Do you ship to {country}? I would like to order a {item}.", "Do you sell a {color} {item}?",
+           "Can I pay for a {item} with {payment}?", "How long is the warranty on a {color} {item}?"],
 }  # fmt: skip
 ESCALATE_REASON = dict(zip(REQUESTS["escalate"], ESCALATIONS))
-REPLIES = {"What are your opening hours?": "We are open 9:00 to 17:00, Monday to Friday.",
-           "Thanks, that is all for today!": "You are welcome, have a nice day!",
-           "Do you ship to Canada?": "Yes, we ship to Canada in 5 to 8 days."}  # fmt: skip
+REPLIES = dict(zip(REQUESTS[None], ["Our {city} shop is open 9:00 to 17:00 on {day}.", "You are welcome, enjoy the {item}!",
+                                    "Yes, we ship to {country} in 5 to 8 days.", "Yes, the {item} comes in {color}.",
+                                    "Yes, we accept {payment} for every order.", "Every {item} has a two-year warranty."],
+                   strict=True))  # fmt: skip
 STREETS = ["Rose Street", "Mill Lane", "Harbour Road", "Elm Avenue"]
 CITIES = ["Springfield", "Leeds", "Austin", "Porto"]
+SLOT_VALUES = {"day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"],
+               "country": ["Canada", "Mexico", "Japan", "Norway", "Chile", "Kenya", "Spain", "India"],
+               "item": ["lamp", "kettle", "chair", "rug", "teapot", "desk", "mirror"], "city": CITIES,
+               "color": ["red", "blue", "green", "black", "white", "grey"],
+               "payment": ["PayPal", "a gift card", "a credit card", "bank transfer", "Apple Pay"]}  # fmt: skip
+# What each slot looks like in a request's text, to read it back (`truth`); others: any words.
+SLOT_PATTERNS = {"order": r"#\d+", "amount": r"[\d.]+", "times": r"\d+"}
 # How often each kind of request comes: most need a tool, a fifth do not.
 KIND_WEIGHTS = {"lookup_order": 3, "refund": 2, "update_address": 2, "escalate": 1, None: 2}
 
@@ -82,18 +97,41 @@ def request(rng: random.Random) -> tuple[str, list[dict], str | None]:
     """(request text, the right calls (none for an irrelevance request), the reply when no call)."""
     kind = rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()))[0]
     template = rng.choice(REQUESTS[kind])
-    order = f"#{rng.randint(10000, 99999)}"
-    amount = rng.choice([12.5, 19.99, 25, 40, 49.99, 80])
-    address = f"{rng.randint(2, 99)} {rng.choice(STREETS)}, {rng.choice(CITIES)}"
+    slots = {"order": f"#{rng.randint(10000, 99999)}", "amount": rng.choice([12.5, 19.99, 25, 40, 49.99, 80]),
+             "address": f"{rng.randint(2, 99)} {rng.choice(STREETS)}, {rng.choice(CITIES)}", "times": rng.randint(2, 9),
+             **{name: rng.choice(values) for name, values in SLOT_VALUES.items()}}  # fmt: skip
     # A customer number opens each request, as a ticket number does in the router's: real requests
     # are unique (and identical ones would be deduplicated by curation, or all drawn wrong at once).
-    text = f"Customer {rng.randint(100_000, 999_999)}: " + template.format(order=order, amount=amount, address=address)
+    text = f"Customer {rng.randint(100_000, 999_999)}: " + template.format(**slots)
+    return (text, *_answer(kind, template, slots))
+
+
+def _answer(kind: str | None, template: str, slots: dict) -> tuple[list[dict], str | None]:
+    """(the right calls, the reply when no call) for a request made from `template` with `slots`."""
     if kind is None:
-        return text, [], REPLIES[template]
-    args = {"lookup_order": {"order_id": order}, "refund": {"order_id": order, "amount": amount},
-            "update_address": {"order_id": order, "address": address},
-            "escalate": {"reason": ESCALATE_REASON.get(template)}}[kind]  # fmt: skip
-    return text, [call(kind, **args)], None
+        return [], REPLIES[template].format(**slots)
+    if kind == "escalate":
+        return [call(kind, reason=ESCALATE_REASON[template])], None
+    args = {"order_id": slots["order"]}
+    if kind == "refund":
+        args["amount"] = slots["amount"]
+    if kind == "update_address":
+        args["address"] = slots["address"]
+    return [call(kind, **args)], None
+
+
+def slots_of(template: str, text: str) -> dict | None:
+    """The slot values of request `text` when it was made from `template` (amounts as numbers), else None."""
+    parts = re.split(r"\{(\w+)\}", template)  # text, slot, text, slot, ..., text
+    pattern = "".join(re.escape(part) if i % 2 == 0 else f"(?P<{part}>{SLOT_PATTERNS.get(part, '.+?')})"
+                      for i, part in enumerate(parts))  # fmt: skip
+    m = re.fullmatch(r"(?:Customer \d+: )?" + pattern, text.strip())
+    if m is None:
+        return None
+    slots = m.groupdict()
+    if "amount" in slots:
+        slots["amount"] = float(slots["amount"]) if "." in slots["amount"] else int(slots["amount"])
+    return slots
 
 
 def truth(text: str) -> tuple[list[dict], str | None]:
@@ -101,22 +139,8 @@ def truth(text: str) -> tuple[list[dict], str | None]:
     simulated provider knows); unknown text: no call, no reply."""
     for kind, templates in REQUESTS.items():
         for template in templates:
-            pattern = re.escape(template).replace(r"\{order\}", r"(?P<order>#\d+)").replace(
-                r"\$\{amount\}", r"\$(?P<amount>[\d.]+)").replace(r"\{address\}", r"(?P<address>.+?)")  # fmt: skip
-            m = re.fullmatch(r"(?:Customer \d+: )?" + pattern, text.strip())
-            if not m:
-                continue
-            if kind is None:
-                return [], REPLIES[template]
-            if kind == "escalate":
-                return [call(kind, reason=ESCALATE_REASON[template])], None
-            g = m.groupdict()
-            args = {"order_id": g["order"]}
-            if "amount" in g:
-                args["amount"] = float(g["amount"]) if "." in g["amount"] else int(g["amount"])
-            if "address" in g:
-                args["address"] = g["address"]
-            return [call(kind, **args)], None
+            if (slots := slots_of(template, text)) is not None:
+                return _answer(kind, template, slots)
     return [], None
 
 
