@@ -17,7 +17,8 @@ from flywheel import store
 from flywheel.registry.keys import create_key
 from flywheel.settings import load_settings
 
-pytest_plugins = ["real_model"]  # real_base, small_real_model: one SmolLM2 import per session
+# real_base, small_real_model: one SmolLM2 import per session; tiny_models: the serving tests' tiny base and adapters
+pytest_plugins = ["real_model", "tiny_models"]
 
 
 def free_port() -> int:
@@ -38,8 +39,17 @@ class Server:
         self.log = data_dir / f"server-{self.port}.log"
 
     def start(self) -> Server:
+        return self.launch().ready()
+
+    def launch(self) -> Server:
+        """Start the process without waiting for it: servers that do not need each other to start
+        come up side by side (most of a start is the interpreter importing torch, on one core)."""
         cmd = [sys.executable, "-m", "flywheel.cli", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        return self
+
+    def ready(self) -> Server:
+        """Wait until the launched server answers /healthz."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

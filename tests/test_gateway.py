@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from conftest import Server, auth, make_keys
+from tiny_models import make_adapter  # noqa: F401  (other test files import it from here)
+
 from flywheel import store
 from flywheel.registry.deployments import assign
 from flywheel.settings import load_settings
@@ -22,39 +23,13 @@ pytestmark = pytest.mark.slow
 HELLO = [{"role": "user", "content": "my parcel is late"}]
 
 
-def make_adapter(base, out, seed: int):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
-                                      init_lora_weights=False))  # fmt: skip
-    with torch.no_grad():  # make the adapter change the answers for sure
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.mul_(20)
-    model.save_pretrained(out)
-    return str(out)
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from flywheel.demo.tiny import build_tiny_model, ticket_texts
-
-    root = tmp_path_factory.mktemp("models")
-    base = str(build_tiny_model(root / "base", ticket_texts(200), max_length=96))
-    return {"base": base, **{f"ada-{i}": make_adapter(base, root / f"ada-{i}", i) for i in (1, 2, 3)}}
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory, models):
-    adapter_dirs = f'[serving]\nadapter_dirs = ["{Path(models["base"]).parent}"]\n'  # where the test adapters are
+def servers(tmp_path_factory, tiny_models):
+    adapter_dirs = f'[serving]\nadapter_dirs = ["{Path(tiny_models["base"]).parent}"]\n'  # where the test adapters are
     up_dir = tmp_path_factory.mktemp("upstream")
-    (up_dir / "flywheel.toml").write_text(f'{adapter_dirs}[routes.tiny]\nkind = "local"\npath = "{models["base"]}"\n')
+    (up_dir / "flywheel.toml").write_text(f'{adapter_dirs}[routes.tiny]\nkind = "local"\npath = "{tiny_models["base"]}"\n')
     up_key = make_keys(up_dir, "gw", role="admin")["gw"]  # (the gateway loads adapters through it)
-    up = Server(up_dir).start()
+    up = Server(up_dir).launch()  # (the gateway does not call it before a request: both start at once)
     up.key = up_key
     gw_dir = tmp_path_factory.mktemp("gateway")
     (gw_dir / "flywheel.toml").write_text(f"""
@@ -64,8 +39,8 @@ max_tokens = 16
 alias_refresh_s = 0.2
 [routes.tiny]
 kind = "local"
-path = "{models['base']}"
-adapters = {{ "ada-1" = "{models['ada-1']}" }}
+path = "{tiny_models['base']}"
+adapters = {{ "ada-1" = "{tiny_models['ada-1']}" }}
 max_batch = 8
 usd_per_1k_completion = 0.5
 [routes.remote]
@@ -84,8 +59,9 @@ base_url = "http://127.0.0.1:9/v1"
 retries = 0
 """)
     key = make_keys(gw_dir, "gw", role="admin")["gw"]
-    gw = Server(gw_dir, env={"UPSTREAM_KEY": up_key}).start()
+    gw = Server(gw_dir, env={"UPSTREAM_KEY": up_key}).launch()
     gw.key = key
+    up.ready(), gw.ready()
     yield gw, up
     gw.stop()
     up.stop()
@@ -111,6 +87,19 @@ def recorded(servers, interaction_id: str, timeout: float = 5.0) -> dict:
             return r.json()
         time.sleep(0.05)
     raise AssertionError(f"interaction {interaction_id} was not recorded")
+
+
+def answered_by(client, alias: str, model: str, timeout: float = 10.0) -> None:
+    """Wait until `alias` is answered by `model`: the service re-reads aliases every 0.2 s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if ask(client, alias, max_tokens=1).model == model:
+                return
+        except openai.NotFoundError:  # (a new alias: not read yet)
+            pass
+        assert time.monotonic() < deadline, f"{alias} is not answered by {model}"
+        time.sleep(0.05)
 
 
 def test_chat_is_answered_and_recorded(client, servers):
@@ -165,7 +154,7 @@ def test_aliases_and_a_deterministic_canary(client, servers):
     with store.connect(load_settings(gw.data_dir).db_path) as con:
         assign(con, project="gw", task="triage", alias="production", model="tiny", reason="test")
         assign(con, project="gw", task="triage", alias="canary", model="ada-1", share=0.5, reason="test")
-    time.sleep(0.5)
+    answered_by(client, "triage:canary", "ada-1")  # the aliases were re-read
     for user in [f"user-{i}" for i in range(12)]:
         raw = client.chat.completions.with_raw_response.create(model="triage", messages=HELLO, max_tokens=2, user=user)
         row = recorded(servers, raw.headers["x-flywheel-interaction-id"])
@@ -195,23 +184,23 @@ def test_fallback_and_a_failed_upstream(client, servers):
     assert row["status"] == "error" and "http://<IP>:9/v1" in row["metadata"]["error"]  # (metadata is redacted)
 
 
-def test_adapters_load_and_unload_at_runtime(client, servers, models):
+def test_adapters_load_and_unload_at_runtime(client, servers, tiny_models):
     gw, up = servers
     admin = httpx.Client(base_url=gw.url, headers=auth(gw.key), timeout=60)
-    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "ada-2", "lora_path": models["ada-2"], "route": "tiny"})
+    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "ada-2", "lora_path": tiny_models["ada-2"], "route": "tiny"})
     assert r.status_code == 200 and "ada-2" in r.text
     assert ask(client, "ada-2").model == "ada-2"
     assert admin.post("/v1/unload_lora_adapter", json={"lora_name": "ada-2"}).status_code == 200
     with pytest.raises(openai.NotFoundError):
         ask(client, "ada-2")
     # the same calls reach a vLLM-style route (here: the second server speaks the same API)
-    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "ada-3", "lora_path": models["ada-3"], "route": "remote"})
+    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "ada-3", "lora_path": tiny_models["ada-3"], "route": "remote"})
     assert r.status_code == 200, r.text
     direct = openai.OpenAI(base_url=f"{up.url}/v1", api_key=up.key, max_retries=0)
     # (vLLM's names are global: there it is the loading project's `gw/ada-3`)
     assert ask(client, "ada-3").choices[0].message.content == ask(direct, "gw/ada-3").choices[0].message.content
     # a whole model folder (e.g. a fully fine-tuned student) is served beside the base
-    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "full-1", "lora_path": models["base"], "route": "tiny"})
+    r = admin.post("/v1/load_lora_adapter", json={"lora_name": "full-1", "lora_path": tiny_models["base"], "route": "tiny"})
     assert r.status_code == 200, r.text
     assert ask(client, "full-1").choices[0].message.content == ask(client, "tiny").choices[0].message.content
     bad = admin.post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/nope", "route": "tiny"})
@@ -220,20 +209,19 @@ def test_adapters_load_and_unload_at_runtime(client, servers, models):
     assert admin.post("/v1/unload_lora_adapter", json={"lora_name": "never"}).status_code == 404
 
 
-def test_hot_swap_under_load_fails_nothing(client, servers, models):
+def test_hot_swap_under_load_fails_nothing(client, servers, tiny_models):
     gw, _ = servers
     admin = httpx.Client(base_url=gw.url, headers=auth(gw.key), timeout=60)
     db = load_settings(gw.data_dir).db_path
     with store.connect(db) as con:
         assign(con, project="gw", task="hot", alias="production", model="tiny", reason="start")
-    time.sleep(0.5)
-    stop, failures, done = threading.Event(), [], [0]
+    answered_by(client, "hot", "tiny")
+    stop, failures, served = threading.Event(), [], []
 
     def load():
         while not stop.is_set():
             try:
-                ask(client, "hot", max_tokens=4)
-                done[0] += 1
+                served.append(ask(client, "hot", max_tokens=4).model)
             except Exception as exc:  # noqa: BLE001 - every failure is counted
                 failures.append(exc)
 
@@ -242,15 +230,18 @@ def test_hot_swap_under_load_fails_nothing(client, servers, models):
     try:
         for i, model in enumerate(["ada-1", "hot-a", "tiny", "hot-a"]):
             if model == "hot-a" and i == 1:
-                assert admin.post("/v1/load_lora_adapter", json={"lora_name": "hot-a", "lora_path": models["ada-2"],
+                assert admin.post("/v1/load_lora_adapter", json={"lora_name": "hot-a", "lora_path": tiny_models["ada-2"],
                                                                  "route": "tiny"}).status_code == 200  # fmt: skip
             with store.connect(db) as con:
                 assign(con, project="gw", task="hot", alias="production", model=model, reason=f"swap {i}")
-            time.sleep(0.6)
+            since, deadline = len(served), time.monotonic() + 60
+            while served[since:].count(model) < 6 and not failures:  # the swap took, and load went on through it
+                assert time.monotonic() < deadline, f"swap {i} to {model} not served: {served[since:]}"
+                time.sleep(0.05)
     finally:
         stop.set()
         [t.join() for t in threads]
-    assert not failures and done[0] > 20
+    assert not failures and len(served) > 20
 
 
 def test_bad_input_is_a_clear_400(client, servers):
@@ -320,22 +311,22 @@ def test_every_route_kind_has_a_backend():
         build({"odd": RouteSettings.model_construct(kind="telepathy")})
 
 
-def test_an_adapter_loads_again_after_the_last_one_was_unloaded(models):
+def test_an_adapter_loads_again_after_the_last_one_was_unloaded(tiny_models):
     # The engine on its own: unloading its only adapter used to leave PEFT pointing at it, and the
     # next load (the demo's second turn) failed with a KeyError.
     from serving.engine import Engine
 
-    engine = Engine(models["base"], route="tiny")
+    engine = Engine(tiny_models["base"], route="tiny")
     try:
         for _ in range(2):
-            engine.load_adapter("ada-2", models["ada-2"]).result(timeout=60)
-            assert engine.adapters == {"ada-2": models["ada-2"]}
+            engine.load_adapter("ada-2", tiny_models["ada-2"]).result(timeout=60)
+            assert engine.adapters == {"ada-2": tiny_models["ada-2"]}
             engine.unload_adapter("ada-2").result(timeout=60)
             assert engine.adapters == {}
-        engine.load_adapter("ada-2", models["ada-2"]).result(timeout=60)
-        engine.load_adapter("ada-3", models["ada-3"]).result(timeout=60)
+        engine.load_adapter("ada-2", tiny_models["ada-2"]).result(timeout=60)
+        engine.load_adapter("ada-3", tiny_models["ada-3"]).result(timeout=60)
         engine.unload_adapter("ada-2").result(timeout=60)  # not the last: the other one stays usable
-        engine.load_adapter("ada-2", models["ada-2"]).result(timeout=60)
+        engine.load_adapter("ada-2", tiny_models["ada-2"]).result(timeout=60)
         assert set(engine.adapters) == {"ada-2", "ada-3"}
     finally:
         engine.close()

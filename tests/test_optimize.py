@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 from conftest import Server, auth, make_keys
-from test_gateway import make_adapter
 from test_restart import deploy, register, text
 
 from flywheel import store
@@ -45,18 +45,15 @@ def test_observed_concurrency_is_what_a_burst_of_requests_meets(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from flywheel.demo.tiny import build_tiny_model, ticket_texts
-
+def world(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("optimize")
-    base = str(build_tiny_model(root / "base", ticket_texts(200), max_length=96))
-    adapter = make_adapter(base, root / "ada", 1)
+    base, adapter = tiny_models["base"], tiny_models["ada-1"]
     golden = root / "golden.jsonl"
     golden.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"ticket {i}: my parcel is late"},
                                                        {"role": "assistant", "content": "shipping"}]}) + "\n"
                               for i in range(16)))  # fmt: skip
     spec = root / "bench.yaml"
-    spec.write_text(f"name: triage-bench\nsource: {{golden: {golden}}}\nsampling: {{max_tokens: 16, temperature: 0}}\n"
+    spec.write_text(f"name: triage-bench\nsource: {{golden: {golden}}}\nsampling: {{max_tokens: 8, temperature: 0}}\n"
                     "metrics: [{type: rouge_l}]\n")  # fmt: skip
     data = root / "data"
     data.mkdir()
@@ -70,11 +67,15 @@ def world(tmp_path_factory):
     server.proc.kill()
 
 
-def configure(data, port: int, base: str, spec, *, slo_ms: float) -> None:
+def configure(data, port: int, base: str, spec, *, slo_ms: float, narrow: bool = False) -> None:
+    """`narrow`: only the current option and the merged batching one (the pick on this route), for a
+    test of what runs the search rather than of the search itself (half the options to measure)."""
+    options = ('merge = [true]\nspeculative = ["off"]' if narrow else
+               'merge = [false, true]\nspeculative = ["off", "table"]    # table: sft-1 has no training dataset to build a draft from')
     (data / "flywheel.toml").write_text(f"""
 port = {port}
 [serving]
-adapter_dirs = ["{data.parent}"]    # the test's adapter (a promotion loads only its project's or these)
+adapter_dirs = ["{Path(base).parent}"]    # the test's adapter, beside its base (a promotion loads only its project's or these)
 [gateway]
 max_tokens = 16
 alias_refresh_s = 0.2
@@ -90,8 +91,7 @@ latency_slo_ms = {slo_ms}
 [optimize]
 dtypes = ["float32"]
 quantize = ["none"]
-merge = [false, true]
-speculative = ["off", "table"]    # table: sft-1 has no training dataset to build a draft from
+{options}
 max_batch = [8]
 concurrency = 8
 first_rung = 8
@@ -207,6 +207,7 @@ def test_the_flow_stage_applies_the_pick_and_publishes_the_search(world, prefect
 
     data = world["data"]
     assert production(data) == "sft-1"  # (rolled back by the test before)
+    configure(data, world["server"].port, world["base"], world["spec"], slo_ms=60_000, narrow=True)
     settings = load_settings(data)
     result = optimize_task(settings, resolve_task(settings, "triage"), world["key"])
     assert result["applied"] and production(data) == f"sft-1@{result['applied']}"

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 from conftest import Server, auth, make_keys
-from test_gateway import make_adapter
+from tiny_models import make_adapter
 
 from flywheel import store
 from flywheel.registry.deployments import assign
@@ -26,43 +26,43 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A base, a second base of the same shape (other weights), a narrower one, and adapters of each."""
+def models(tiny_models, tmp_path_factory):
+    """The shared base and its adapters, a second base of the same shape (other weights), a narrower
+    one, and an adapter of each."""
     from flywheel.demo.tiny import build_tiny_model, ticket_texts
 
     root = tmp_path_factory.mktemp("models")
     texts = ticket_texts(200)
-    found = {"base": str(build_tiny_model(root / "base", texts, max_length=96)),
-             "other": str(build_tiny_model(root / "other", texts, max_length=96, seed=1)),
+    found = {**tiny_models, "other": str(build_tiny_model(root / "other", texts, max_length=96, seed=1)),
              "narrow": str(build_tiny_model(root / "narrow", texts, hidden=32, max_length=96))}  # fmt: skip
-    for name, base, seed in (("ada-1", "base", 1), ("ada-2", "base", 2), ("ada-other", "other", 3),
-                             ("ada-narrow", "narrow", 4)):  # fmt: skip
+    for name, base, seed in (("ada-other", "other", 3), ("ada-narrow", "narrow", 4)):
         found[name] = make_adapter(found[base], root / name, seed)
     return found
 
 
-def config(data_dir, port: int, base: str) -> None:
+def config(data_dir, port: int, models: dict[str, str]) -> None:
     """The test's models, and the data folder's `adapters/`, are where adapters may be loaded from."""
+    folders = [*sorted({os.path.dirname(path) for path in models.values()}), data_dir / "adapters"]
     (data_dir / "flywheel.toml").write_text(f"""
 port = {port}
 [serving]
-adapter_dirs = ["{os.path.dirname(base)}", "{data_dir / 'adapters'}"]
+adapter_dirs = {json.dumps([str(f) for f in folders])}
 [gateway]
 max_tokens = 8
 alias_refresh_s = 0.2
 [routes.tiny]
 kind = "local"
-path = "{base}"
+path = "{models['base']}"
 [tasks.triage]
 project = "acme"
 route = "tiny"
 """)
 
 
-def boot(data_dir, base: str) -> Server:
+def boot(data_dir, models: dict[str, str]) -> Server:
     """`flywheel serve` on the data folder (the config names its port, so the CLI finds it)."""
     server = Server(data_dir)
-    config(data_dir, server.port, base)
+    config(data_dir, server.port, models)
     return server.start()
 
 
@@ -100,7 +100,7 @@ def test_promoted_adapters_survive_kill_9_and_rollback_reloads_the_previous_one(
     keys = make_keys(tmp_path, "acme", role="admin") | make_keys(tmp_path, "globex")
     register(tmp_path, "cand-1", adapter=models["ada-1"])
     register(tmp_path, "cand-2", adapter=models["ada-2"])
-    server = boot(tmp_path, models["base"])
+    server = boot(tmp_path, models)
     try:  # the CLI loads the candidate into the running service, then moves the alias
         done = subprocess.run([sys.executable, "-m", "flywheel.cli", "promote", "--task", "triage", "--model", "cand-1",
                                "--data-dir", str(tmp_path)], check=False, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -115,7 +115,7 @@ def test_promoted_adapters_survive_kill_9_and_rollback_reloads_the_previous_one(
     finally:
         server.kill()
 
-    server = boot(tmp_path, models["base"])  # same data folder, after SIGKILL
+    server = boot(tmp_path, models)  # same data folder, after SIGKILL
     try:
         answer = ask(server, keys["acme"], "triage")
         assert (answer.model, answer.choices[0].message.content) == ("cand-2", second)
@@ -123,56 +123,66 @@ def test_promoted_adapters_survive_kill_9_and_rollback_reloads_the_previous_one(
         assert refusal(server, keys["acme"], "cand-1").status_code == 404  # only what an alias points at is loaded
         assert refusal(server, keys["globex"], "cand-2").status_code == 404  # and it is acme's alone
         rollback(settings, project="acme", task="triage", load=http_loader(server.url, keys["acme"], "tiny"))
-        time.sleep(0.5)  # the service re-reads aliases every 0.2 s
-        answer = ask(server, keys["acme"], "triage")
+        answer, deadline = ask(server, keys["acme"], "triage"), time.monotonic() + 10
+        while answer.model != "cand-1" and time.monotonic() < deadline:  # the service re-reads aliases every 0.2 s
+            time.sleep(0.05)
+            answer = ask(server, keys["acme"], "triage")
         assert (answer.model, answer.choices[0].message.content) == ("cand-1", first)
     finally:
         server.kill()
 
 
-def test_a_model_that_cannot_be_loaded_at_start_answers_503_with_the_reason(tmp_path, models):
-    keys = make_keys(tmp_path, "acme", role="admin")
-    gone = shutil.copytree(models["ada-1"], tmp_path / "adapters" / "ada-1")
-    register(tmp_path, "cand-gone", adapter=str(gone))
-    register(tmp_path, "cand-ok", adapter=models["ada-2"], task="billing")
-    register(tmp_path, "cand-wrong-base", adapter=models["ada-other"], task="billing")
-    register(tmp_path, "cand-whole", merged=models["base"], task="whole")  # a fully fine-tuned student
-    deploy(tmp_path, "triage", "cand-gone")
-    deploy(tmp_path, "billing", "cand-ok")
-    deploy(tmp_path, "billing", "cand-wrong-base", alias="canary")
-    deploy(tmp_path, "whole", "cand-whole")
+@pytest.fixture(scope="module")
+def broken(models, tmp_path_factory):
+    """A service started on a data folder where some deployed models cannot be loaded: one whose
+    folder was deleted after its promotion (`broken.gone`), one of another base. The two loading
+    tests share it (one start less); `broken.keys`: an admin key of `acme`."""
+    data = tmp_path_factory.mktemp("broken")
+    keys = make_keys(data, "acme", role="admin")
+    gone = shutil.copytree(models["ada-1"], data / "adapters" / "ada-1")
+    register(data, "cand-gone", adapter=str(gone))
+    register(data, "cand-ok", adapter=models["ada-2"], task="billing")
+    register(data, "cand-wrong-base", adapter=models["ada-other"], task="billing")
+    register(data, "cand-whole", merged=models["base"], task="whole")  # a fully fine-tuned student
+    deploy(data, "triage", "cand-gone")
+    deploy(data, "billing", "cand-ok")
+    deploy(data, "billing", "cand-wrong-base", alias="canary")
+    deploy(data, "whole", "cand-whole")
     shutil.rmtree(gone)  # promoted, then its folder was deleted before the service started
-    server = boot(tmp_path, models["base"])
-    try:
-        error = refusal(server, keys["acme"], "triage")
-        assert error.status_code == 503 and error.body["code"] == "model_unavailable"
-        assert "cand-gone" in error.message and str(gone) in error.message and "does not exist" in error.message
-        error = refusal(server, keys["acme"], "billing:canary")
-        assert error.status_code == 503
-        assert models["other"] in error.message and models["base"] in error.message  # both bases named
-        assert ask(server, keys["acme"], "billing", user="u-1").model == "cand-ok"  # its users stay on production
-        assert text(server, keys["acme"], "billing") == text(server, keys["acme"], "cand-ok") != text(server, keys["acme"], "tiny")
-        assert text(server, keys["acme"], "whole") == text(server, keys["acme"], "tiny")  # same weights, loaded whole
-        health = httpx.get(f"{server.url}/healthz").json()
-        assert health["status"] == "ok"
-        assert [(u["model"], u["aliases"]) for u in health["unavailable"]] == [("cand-gone", ["acme/triage"]),
-                                                                             ("cand-wrong-base", ["acme/billing:canary"])]  # fmt: skip
-        assert str(gone) in health["unavailable"][0]["reason"]
-        metrics = httpx.get(f"{server.url}/metrics", headers=auth(keys["acme"])).text
-        assert 'flywheel_model_load_failures_total{route="tiny",when="start"} 2.0' in metrics
-        assert "flywheel_models_unavailable 2.0" in metrics
-        # the folder is back and the model is loaded again (e.g. `flywheel promote`): the alias serves it
-        shutil.copytree(models["ada-1"], gone)
-        http_loader(server.url, keys["acme"], "tiny")("cand-gone", str(gone))
-        assert text(server, keys["acme"], "triage") == text(server, keys["acme"], "cand-gone") != text(server, keys["acme"], "tiny")
-        assert [u["model"] for u in httpx.get(f"{server.url}/healthz").json()["unavailable"]] == ["cand-wrong-base"]
-    finally:
-        server.kill()
+    server = boot(data, models)
+    server.keys, server.gone = keys, gone
+    yield server
+    server.kill()
 
 
-def test_adapters_load_only_on_their_base_and_bad_folders_are_a_400_naming_them(tmp_path, models):
-    keys = make_keys(tmp_path, "acme", role="admin")
-    server = boot(tmp_path, models["base"])
+def test_a_model_that_cannot_be_loaded_at_start_answers_503_with_the_reason(broken, models):
+    server, keys, gone = broken, broken.keys, broken.gone
+    error = refusal(server, keys["acme"], "triage")
+    assert error.status_code == 503 and error.body["code"] == "model_unavailable"
+    assert "cand-gone" in error.message and str(gone) in error.message and "does not exist" in error.message
+    error = refusal(server, keys["acme"], "billing:canary")
+    assert error.status_code == 503
+    assert models["other"] in error.message and models["base"] in error.message  # both bases named
+    assert ask(server, keys["acme"], "billing", user="u-1").model == "cand-ok"  # its users stay on production
+    assert text(server, keys["acme"], "billing") == text(server, keys["acme"], "cand-ok") != text(server, keys["acme"], "tiny")
+    assert text(server, keys["acme"], "whole") == text(server, keys["acme"], "tiny")  # same weights, loaded whole
+    health = httpx.get(f"{server.url}/healthz").json()
+    assert health["status"] == "ok"
+    assert [(u["model"], u["aliases"]) for u in health["unavailable"]] == [("cand-gone", ["acme/triage"]),
+                                                                         ("cand-wrong-base", ["acme/billing:canary"])]  # fmt: skip
+    assert str(gone) in health["unavailable"][0]["reason"]
+    metrics = httpx.get(f"{server.url}/metrics", headers=auth(keys["acme"])).text
+    assert 'flywheel_model_load_failures_total{route="tiny",when="start"} 2.0' in metrics
+    assert "flywheel_models_unavailable 2.0" in metrics
+    # the folder is back and the model is loaded again (e.g. `flywheel promote`): the alias serves it
+    shutil.copytree(models["ada-1"], gone)
+    http_loader(server.url, keys["acme"], "tiny")("cand-gone", str(gone))
+    assert text(server, keys["acme"], "triage") == text(server, keys["acme"], "cand-gone") != text(server, keys["acme"], "tiny")
+    assert [u["model"] for u in httpx.get(f"{server.url}/healthz").json()["unavailable"]] == ["cand-wrong-base"]
+
+
+def test_adapters_load_only_on_their_base_and_bad_folders_are_a_400_naming_them(broken, models):
+    server, keys = broken, broken.keys
     admin = httpx.Client(base_url=server.url, headers=auth(keys["acme"]), timeout=120)
 
     def load(name: str, path) -> httpx.Response:
@@ -184,32 +194,29 @@ def test_adapters_load_only_on_their_base_and_bad_folders_are_a_400_naming_them(
         (folder / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": base}))
         return folder
 
-    try:
-        r = load("other", models["ada-other"])  # same shapes, another model: told apart by the folders
-        assert r.status_code == 400 and r.json()["error"]["code"] == "base_mismatch", r.text
-        assert models["other"] in r.text and models["base"] in r.text
-        folders = tmp_path / "adapters"
-        moved = with_base(models["ada-narrow"], folders / "narrow-moved", "/gone/narrow-base")
-        r = load("narrow", moved)  # its base is not on this machine: the weights' shapes decide
-        assert r.status_code == 400 and r.json()["error"]["code"] == "base_mismatch", r.text
-        assert "/gone/narrow-base" in r.text and models["base"] in r.text and "32" in r.text
-        relative = with_base(models["ada-1"], folders / "relative", os.path.relpath(models["base"]))
-        assert load("relative", relative).status_code == 200  # the same base, named relative to the service
-        assert text(server, keys["acme"], "relative") != text(server, keys["acme"], "tiny")
-        corrupt = folders / "corrupt"
-        corrupt.mkdir()
-        (corrupt / "adapter_config.json").write_text("{not json")
-        odd = folders / "odd"
-        odd.mkdir()
-        (odd / "config.json").write_text('{"model_type": "telepathy", "architectures": ["TelepathyForMind"]}')
-        (odd / "model.safetensors").write_bytes(b"\0" * 16)
-        truncated = shutil.copytree(models["ada-2"], folders / "truncated")
-        (truncated / "adapter_model.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{")
-        for folder, words in ((folders / "missing", "does not exist"), (corrupt, "corrupt"),
-                              (odd, "unsupported architecture"), (truncated, "corrupt")):  # fmt: skip
-            r = load("bad", folder)
-            assert r.status_code == 400 and str(folder) in r.text and words in r.text, r.text
-        assert "bad" not in {m["id"] for m in admin.get("/v1/models").json()["data"]}
-        assert load("ada-2", models["ada-2"]).status_code == 200  # the engine is fine after all that
-    finally:
-        server.kill()
+    r = load("other", models["ada-other"])  # same shapes, another model: told apart by the folders
+    assert r.status_code == 400 and r.json()["error"]["code"] == "base_mismatch", r.text
+    assert models["other"] in r.text and models["base"] in r.text
+    folders = server.data_dir / "adapters"
+    moved = with_base(models["ada-narrow"], folders / "narrow-moved", "/gone/narrow-base")
+    r = load("narrow", moved)  # its base is not on this machine: the weights' shapes decide
+    assert r.status_code == 400 and r.json()["error"]["code"] == "base_mismatch", r.text
+    assert "/gone/narrow-base" in r.text and models["base"] in r.text and "32" in r.text
+    relative = with_base(models["ada-1"], folders / "relative", os.path.relpath(models["base"]))
+    assert load("relative", relative).status_code == 200  # the same base, named relative to the service
+    assert text(server, keys["acme"], "relative") != text(server, keys["acme"], "tiny")
+    corrupt = folders / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "adapter_config.json").write_text("{not json")
+    odd = folders / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text('{"model_type": "telepathy", "architectures": ["TelepathyForMind"]}')
+    (odd / "model.safetensors").write_bytes(b"\0" * 16)
+    truncated = shutil.copytree(models["ada-2"], folders / "truncated")
+    (truncated / "adapter_model.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{")
+    for folder, words in ((folders / "missing", "does not exist"), (corrupt, "corrupt"),
+                          (odd, "unsupported architecture"), (truncated, "corrupt")):  # fmt: skip
+        r = load("bad", folder)
+        assert r.status_code == 400 and str(folder) in r.text and words in r.text, r.text
+    assert "bad" not in {m["id"] for m in admin.get("/v1/models").json()["data"]}
+    assert load("ada-2", models["ada-2"]).status_code == 200  # the engine is fine after all that
