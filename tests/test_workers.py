@@ -18,9 +18,16 @@ from flywheel.settings import load_settings
 
 
 def _post(url: str) -> list | dict:
-    """POST to the Prefect API; a 503 (its SQLite database busy on a loaded box) is tried again."""
-    for _ in range(20):
-        r = httpx.post(url, json={}, timeout=30)
+    """POST to the Prefect API; a 503 (its SQLite database busy on a loaded box) or no answer within
+    30 s (the server starved of CPU while three workers start flow runs on 2 cores: seen once in CI)
+    is tried again."""
+    for attempt in range(20):
+        try:
+            r = httpx.post(url, json={}, timeout=30)
+        except httpx.TimeoutException:
+            if attempt == 19:
+                raise
+            continue
         if r.status_code != 503:
             break
         time.sleep(0.5)
