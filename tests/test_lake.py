@@ -317,6 +317,21 @@ def test_a_bad_row_fails_only_its_own_request_in_a_lake_batch(tmp_path):
     assert sorted(stored_ids(settings)[0]) == ["a", "c"]
 
 
+@pytest.mark.parametrize("command", [["status"], ["serve", "--port", "1"]])
+def test_a_data_path_the_catalog_does_not_know_is_a_configuration_error(tmp_path, command):
+    """The catalog keeps its data path: a flywheel.toml naming another is exit 2 naming the
+    setting at once, not "unreachable or busy" after the catalog's retries (nor a bound port)."""
+    home = lake_home(tmp_path)
+    with store.connect(load_settings(home).db_path):
+        pass
+    lake_home(home, data_path="elsewhere/")
+    out = subprocess.run([sys.executable, "-m", "flywheel.cli", *command, "--data-dir", str(home)],
+                         check=False, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "store.data_path" in out.stderr and "lake/data/" in out.stderr and "busy" not in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_compact_on_the_file_store_has_nothing_to_do(tmp_path):
     with store.connect(load_settings(tmp_path).db_path):
         pass

@@ -24,3 +24,6 @@ def main() -> None:
     except store.StoreBusy as exc:  # another process held the database too long: say so, no traceback
         error(str(exc))
         sys.exit(1)
+    except store.StoreMisconfigured as exc:  # flywheel.toml's [store] does not match the store found
+        error(str(exc))
+        sys.exit(2)

@@ -23,6 +23,9 @@ def serve(data_dir: DataDir = None,
         settings.host = host
     if port is not None:
         settings.port = port
+    if store.is_lake(settings.db_path):  # a [store] that does not match the lake found: exit 2 before binding
+        with store.connect(settings.db_path):
+            pass
     from serving.app import serve as run
 
     run(settings, access_log=access_log)

@@ -10,6 +10,7 @@ needs pyarrow, which commands that only open the store should not load).
 from flywheel.store.database import (
     Connection,
     StoreBusy,
+    StoreMisconfigured,
     connect,
     is_lake,
     migrate,
@@ -20,5 +21,5 @@ from flywheel.store.database import (
     waiting,
 )
 
-__all__ = ["Connection", "StoreBusy", "connect", "is_lake", "migrate", "naive_utc", "open_connection", "pid_alive",
+__all__ = ["Connection", "StoreBusy", "StoreMisconfigured", "connect", "is_lake", "migrate", "naive_utc", "open_connection", "pid_alive",
            "rollback", "waiting"]

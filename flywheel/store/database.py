@@ -33,6 +33,10 @@ class StoreBusy(RuntimeError):
     """The database stayed locked by another process for longer than the timeout."""
 
 
+class StoreMisconfigured(ValueError):
+    """`[store]` names a store that cannot be the one found there (a lake's data path): no retry helps."""
+
+
 def naive_utc(ts: datetime | None) -> datetime | None:
     """`ts` as the naive UTC every stored timestamp is (a naive `ts` is taken as UTC already)."""
     return ts.astimezone(UTC).replace(tzinfo=None) if ts is not None and ts.tzinfo else ts

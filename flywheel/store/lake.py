@@ -135,7 +135,16 @@ class _Lake:
                 {"key": os.environ.get("AWS_ACCESS_KEY_ID", ""), "secret": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
                  "region": cfg.s3_region, "style": cfg.s3_url_style, "ssl": cfg.s3_use_ssl}
                 | ({"endpoint": cfg.s3_endpoint} if cfg.s3_endpoint else {}))
-        self.db.execute(f"ATTACH 'ducklake:{kind}:{_quote(location)}' AS {ALIAS} (DATA_PATH '{_quote(data_path)}')")
+        try:
+            self.db.execute(f"ATTACH 'ducklake:{kind}:{_quote(location)}' AS {ALIAS} (DATA_PATH '{_quote(data_path)}')")
+        except duckdb.Error as exc:
+            # (a bare duckdb.Error, as an unreachable catalog's: retrying it would only delay the message)
+            if "does not match existing data path" not in str(exc):
+                raise
+            from flywheel.store.database import StoreMisconfigured
+
+            raise StoreMisconfigured(f"store.data_path: {data_path!r} is not where the lake's catalog "
+                                     f"({kind}:{location}) keeps its files: {str(exc).splitlines()[0]}") from None
         self.description = f"DuckLake: catalog {kind}:{location}, data {data_path}"
         self.settings = cfg
         self.migrated = False
