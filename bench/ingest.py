@@ -35,6 +35,7 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import Server, make_keys  # noqa: E402
@@ -282,9 +283,9 @@ def measure_store(home: Path, replicas: int, bodies: list[bytes], single_bodies:
             return await asyncio.gather(*(work(s.port, key, share[i::replicas], concurrency)
                                           for i, s in enumerate(servers)))  # fmt: skip
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), psutil.cpu_times()
         asyncio.run(spread(batched, bodies, 4))
-        batch_s = time.perf_counter() - started
+        batch_s, busy = time.perf_counter() - started, _busy_share(cpu, psutil.cpu_times())
         started = time.perf_counter()
         latencies = [t for _, lat in asyncio.run(spread(singles, single_bodies, 32 // replicas)) for t in lat]
         single_s = time.perf_counter() - started
@@ -294,7 +295,14 @@ def measure_store(home: Path, replicas: int, bodies: list[bytes], single_bodies:
     with store.connect(load_settings(home).db_path, read_only=True) as con:
         seen, distinct = con.execute("SELECT count(*), count(DISTINCT id) FROM interactions").fetchone()
     return {"batch": n_events / batch_s, "single": len(latencies) / single_s, "p99": p99(latencies),
-            "lost": n_events + len(single_bodies) - distinct, "twice": seen - distinct}  # fmt: skip
+            "lost": n_events + len(single_bodies) - distinct, "twice": seen - distinct, "busy": busy}  # fmt: skip
+
+
+def _busy_share(before, after) -> float:
+    """The machine's CPU time used between two `psutil.cpu_times()`, as a share of all its cores:
+    near 1.0 with one replica means a second one has no core to run on."""
+    total = sum(after) - sum(before)
+    return 1 - ((after.idle - before.idle) + (after.iowait - before.iowait)) / total if total > 0 else 0.0
 
 
 def report_stores(args) -> None:
@@ -314,17 +322,18 @@ def report_stores(args) -> None:
         postgres.remove()
     print(f"(e) {len(events):,} events in batches of 1,000 (4 clients per replica), then {len(single_bodies):,} "
           f"single-item posts (32 clients in all); events/s to durable ack")
-    print(f"    {'store':40} {'replicas':>8} {'batches ev/s':>13} {'singles ev/s':>13} {'singles p99':>12} "
-          f"{'lost':>5} {'stored twice':>13}")
+    print(f"    {'store':40} {'replicas':>8} {'batches ev/s':>13} {'CPU busy':>9} {'singles ev/s':>13} "
+          f"{'singles p99':>12} {'lost':>5} {'stored twice':>13}")
     for label, n, r in results:
-        print(f"    {label:40} {n:>8} {r['batch']:>13,.0f} {r['single']:>13,.0f} {r['p99']:>9.1f} ms "
+        print(f"    {label:40} {n:>8} {r['batch']:>13,.0f} {r['busy']:>9.0%} {r['single']:>13,.0f} {r['p99']:>9.1f} ms "
               f"{r['lost']:>5} {r['twice']:>13}")
     file, one, two = (r for _, _, r in results)
     print(f"    lake, 2 replicas / 1, batches: {two['batch'] / one['batch']:.2f}x  [target >= 1.5x];  "
           f"singles: {two['single'] / one['single']:.2f}x")
     print(f"    lake, 1 replica / file store, batches: {one['batch'] / file['batch']:.2f}x  [target >= 0.5x];  "
           f"singles: {one['single'] / file['single']:.2f}x")
-    print(f"    (machine: {os.cpu_count()} cores, shared with the clients, the replicas and PostgreSQL: figures are noisy)")
+    print(f"    (machine: {os.cpu_count()} cores, shared with the clients, the replicas and PostgreSQL: figures are noisy;"
+          " CPU busy: the share of all cores in use during the batches)")
 
 
 def duckdb_load(ndjson: Path, db: Path) -> float:
