@@ -98,7 +98,7 @@ def _run_real(name: str, base: str, data: str, sets: dict, threads: int | None, 
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
 
-        reuse = head = contextlib.nullcontext()
+        speedups = contextlib.nullcontext()
         if name.startswith("trl-defaults"):
             fixes = {"bf16": False, "gradient_checkpointing": False} if name.endswith("cpu-fixes") else {}
             cfg = SFTConfig(output_dir=work, use_cpu=cpu, **fixes, **COMMON)
@@ -116,18 +116,12 @@ def _run_real(name: str, base: str, data: str, sets: dict, threads: int | None, 
                 train_ds = as_prompt_completion(train_ds, tok)
             result["recipe"] = {k: v for k, v in recipe.to_dict().items() if k in ("learning_rate", "num_train_epochs", "lora", "completion_only_loss")}
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=train_ds, processing_class=tok, peft_config=peft)
-        if name.startswith("flywheel"):  # what flywheel.train.trainers does around train()
-            from flywheel.train.frozen_layers import (
-                cached_frozen_layers,
-                reusable_below,
-            )
-            from flywheel.train.labelled_positions import labelled_positions_only
+        if name.startswith("flywheel"):  # what flywheel.train.trainers trains inside
+            from flywheel.train.speedups import training_speedups
 
-            reuse = cached_frozen_layers(trainer.model, reusable_below(recipe, model.config))
-            if name != "flywheel-all-positions":
-                head = labelled_positions_only()
+            speedups = training_speedups(trainer, recipe, labelled_positions=name != "flywheel-all-positions")
         start = time.perf_counter()
-        with reuse, head:
+        with speedups:
             trainer.train()
         result.update(seconds=time.perf_counter() - start, steps=trainer.state.global_step,
                       tokens=int(trainer.state.num_input_tokens_seen or 0),

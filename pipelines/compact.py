@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flywheel.settings import Settings, load_settings
 from flywheel.store.compact import CompactionReport, compact
-from pipelines.retries import interval_deployment, publish_markdown, retry_io
+from pipelines.deployments import interval_deployment
+from pipelines.retries import publish_markdown, retry_io
 
 COMPACT_DEPLOYMENT = "compact"
 

@@ -1,18 +1,15 @@
-"""What the flows share: when to retry (failures that trying again can fix, never bad input),
-how a flow publishes its report as a Prefect artifact, and how `flywheel up` runs a flow on an
-interval."""
+"""What the flows share: when to retry (failures that trying again can fix, never bad input), and
+how a flow publishes its report as a Prefect artifact (how they are deployed: `pipelines.deployments`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 
 import httpx
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flywheel import store
 from flywheel.curate.config import CurationError
-from flywheel.settings import Settings
 
 # Not transient, although they are OSErrors: a missing or unreadable path stays missing.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -66,14 +63,3 @@ def publish_markdown(prefix: str, task: str, markdown: str, description: str) ->
 def publish_table(prefix: str, task: str, table: list[dict], description: str) -> None:
     create_table_artifact(table=table, key=artifact_key(prefix, task + "-table"), description=description)
 
-
-def interval_deployment(flow, name: str, settings: Settings, *, every_s: float, tags: list[str], description: str):
-    """The deployment of `flow` (which takes `data_dir`) that `flywheel up` runs every `every_s`
-    seconds on the settings' data dir, one run at a time."""
-    from prefect.deployments.runner import EntrypointType
-
-    # MODULE_PATH: a run imports the flow's module wherever the package is installed, not a file
-    # path relative to the directory `flywheel up` was started in.
-    return flow.to_deployment(name=name, interval=timedelta(seconds=every_s), concurrency_limit=1,
-                              parameters={"data_dir": str(settings.home.resolve())}, tags=tags,
-                              description=description, entrypoint_type=EntrypointType.MODULE_PATH)  # fmt: skip

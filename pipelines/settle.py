@@ -22,8 +22,9 @@ from prefect.cache_policies import NO_CACHE
 from flywheel.registry.canary import Settlement, settle
 from flywheel.settings import Settings, load_settings
 from flywheel.task import Task, resolve_task
+from pipelines.deployments import interval_deployment
 from pipelines.loop import service_loader
-from pipelines.retries import interval_deployment, publish_markdown, retry_io
+from pipelines.retries import publish_markdown, retry_io
 
 SETTLE_DEPLOYMENT = "settle"
 

@@ -14,10 +14,10 @@ full disk); bad input is not, trying again cannot fix it. Training is never retr
 and neither is promotion: it changes what production serves and appends to the deployment
 history, so it runs once per turn and an operator decides about a second attempt.
 
-Also here: what `flywheel up` serves. `build_deployments` makes one deployment of this flow per
-`[tasks.NAME]` with its cron schedule, plus the `feedback-trigger` deployment (an interval
-schedule) that starts a turn when a task has gathered `min_new_feedback` new feedback items since
-its last turn (`feedback_since_last_turn`).
+Also here: the `feedback-trigger` flow, which `flywheel up` runs on an interval
+(`pipelines.deployments`, which also deploys this flow per `[tasks.NAME]` with its cron schedule):
+it starts a turn when a task has gathered `min_new_feedback` new feedback items since its last
+turn (`feedback_since_last_turn`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from pipelines.loop import (
     train_stage,
 )
 from pipelines.retries import (
-    interval_deployment,
     publish_markdown,
     publish_table,
     retry_io,
@@ -265,37 +264,3 @@ def feedback_trigger_flow(data_dir: str | None = None) -> dict[str, str]:
             outcome[name] = f"started {run.name}: {n} new feedback >= {cfg.min_new_feedback}"
             logger.info("%s: %s", name, outcome[name])
     return outcome
-
-
-def build_deployments(settings: Settings, *, trigger_every_s: float = 60.0) -> list:
-    """What `flywheel up` serves: a `flywheel` deployment per task with its cron schedule (none when
-    `schedule` is empty), the feedback trigger when some task sets `min_new_feedback`, the
-    `settle` deployment when some task sets `gate.canary_share`, and the `compact` deployment (every
-    6 h) on a lake store."""
-    from prefect.deployments.runner import EntrypointType
-    from prefect.schedules import Cron
-
-    home = str(settings.home.resolve())
-    # MODULE_PATH: as in pipelines.retries.interval_deployment.
-    # concurrency_limit=1: a cron turn and a triggered turn of one task never run at once (the
-    # second waits for the first: one training, one promotion at a time).
-    deployments = [
-        flywheel_flow.to_deployment(name=deployment_name(name), concurrency_limit=1,
-                                    schedule=Cron(cfg.schedule, timezone="UTC") if cfg.schedule else None,
-                                    parameters={"task": name, "data_dir": home}, tags=["flywheel", name],
-                                    description=f"One turn of the loop for task {name!r} (schedule: {cfg.schedule or 'none'})",
-                                    entrypoint_type=EntrypointType.MODULE_PATH)  # fmt: skip
-        for name, cfg in settings.tasks.items()
-    ]
-    if any(cfg.min_new_feedback for cfg in settings.tasks.values()):
-        deployments.append(interval_deployment(
-            feedback_trigger_flow, TRIGGER_DEPLOYMENT, settings, every_s=trigger_every_s, tags=["flywheel"],
-            description="Starts a turn when a task has gathered min_new_feedback new feedback"))  # fmt: skip
-    from pipelines.compact import compact_deployment
-    from pipelines.settle import settle_deployment
-
-    if (settle := settle_deployment(settings)) is not None:  # when some task runs canaries
-        deployments.append(settle)
-    if (compaction := compact_deployment(settings)) is not None:  # on a lake store
-        deployments.append(compaction)
-    return deployments

@@ -199,8 +199,9 @@ def up(settings: Settings, *, prefect_port: int = 4200, workers: int = 0, stop: 
     process (`prefect.serve`); N runs them on the work pool `flywheel-process` with N workers.
     Raises RuntimeError when a port is taken, a process does not come up, or one exits on its own
     (the others are stopped first)."""
+    from pipelines.deployments import build_deployments
     from pipelines.settle import SETTLE_DEPLOYMENT
-    from pipelines.turn import build_deployments, deployment_name
+    from pipelines.turn import deployment_name
 
     stop = stop or threading.Event()
     home = settings.home.resolve()
@@ -273,7 +274,7 @@ def serve_deployments(data_dir: str, trigger_every_s: float) -> None:
     """The runner process: serve the deployments until SIGINT/SIGTERM (prefect.serve handles both)."""
     from prefect import serve
 
-    from pipelines.turn import build_deployments
+    from pipelines.deployments import build_deployments
 
     deployments = build_deployments(load_settings(data_dir), trigger_every_s=trigger_every_s)
     if not deployments:  # nothing to serve; stay up so `up` treats an exit as a crash
@@ -288,7 +289,7 @@ def deploy_to_pool(data_dir: str, trigger_every_s: float) -> None:
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
-    from pipelines.turn import build_deployments
+    from pipelines.deployments import build_deployments
 
     with get_client(sync_client=True) as client:
         try:

@@ -50,7 +50,7 @@ def traffic(settings, task: str, n: int, *, feedback: int, start: int = 0) -> No
 
 
 def test_deployments_are_built_with_the_configured_schedules(settings):
-    from pipelines.turn import build_deployments
+    from pipelines.deployments import build_deployments
 
     by_name = {d.name: d for d in build_deployments(settings, trigger_every_s=30)}
     assert set(by_name) == {"flywheel-triage", "flywheel-summaries", "feedback-trigger"}
@@ -92,7 +92,7 @@ def test_new_feedback_is_counted_since_the_last_turn(settings):
 def test_deployments_register_with_their_schedule(prefect_harness, settings):
     from prefect.client.orchestration import get_client
 
-    from pipelines.turn import build_deployments
+    from pipelines.deployments import build_deployments
 
     for deployment in build_deployments(settings):
         deployment.apply()
@@ -110,7 +110,8 @@ def test_deployments_register_with_their_schedule(prefect_harness, settings):
 def test_the_trigger_starts_one_turn_when_enough_feedback_arrived(prefect_harness, settings):
     from prefect.client.orchestration import get_client
 
-    from pipelines.turn import build_deployments, feedback_trigger_flow
+    from pipelines.deployments import build_deployments
+    from pipelines.turn import feedback_trigger_flow
 
     for deployment in build_deployments(settings):
         deployment.apply()  # re-applying is idempotent: the same deployments as the test above

@@ -396,7 +396,7 @@ def test_the_compact_flow_compacts_a_lake_and_is_scheduled_for_a_lake_only(prefe
     assert sorted(stored_ids(settings)[0]) == ["it-0", "it-1", "it-2"]
     assert compact_deployment(settings).entrypoint == "pipelines.compact.compact_flow"
     assert compact_deployment(load_settings(tmp_path / "file")) is None  # the file store: nothing to schedule
-    from pipelines.turn import build_deployments  # what `flywheel up` serves
+    from pipelines.deployments import build_deployments  # what `flywheel up` serves
 
     assert "compact" in [d.name for d in build_deployments(settings)]
     assert "compact" not in [d.name for d in build_deployments(load_settings(tmp_path / "file"))]

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywheel.ingest.records import INTERACTION_COLUMNS, ROLES, ItemError, Limits, feedback_row, interaction_row
+from flywheel.ingest.records import INTERACTION_COLUMNS, ItemError, Limits, feedback_row, interaction_row
+from flywheel.ingest.text_fields import ROLES
 
 LIMITS = Limits(max_text_chars=100, max_messages=3)
 json_values = st.recursive(

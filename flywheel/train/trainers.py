@@ -21,10 +21,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from flywheel.train.frozen_layers import cached_frozen_layers, reusable_below
 from flywheel.train.labelled_positions import labelled_positions_only
 from flywheel.train.methods import METHODS
 from flywheel.train.recipes import Recipe, lora_config, trl_config, use_bf16
+from flywheel.train.speedups import training_speedups
 
 log = logging.getLogger("flywheel.train")
 
@@ -125,7 +125,8 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, out_dir: 
 
 def run(recipe: Recipe, train_ds, eval_ds, out_dir: Path, *, resume_from: str | None = None, callbacks: list = ()) -> dict[str, Any]:
     """Train, evaluate and save; return the metrics. Raises `NonFiniteLossError` when the guard trips."""
-    with labelled_positions_only():  # the losses, training's and evaluation's, score labelled positions only
+    # Evaluation's losses score labelled positions only, as training's do (`training_speedups`).
+    with labelled_positions_only():
         return _run(recipe, train_ds, eval_ds, out_dir, resume_from=resume_from, callbacks=callbacks)
 
 
@@ -144,7 +145,7 @@ def _run(recipe: Recipe, train_ds, eval_ds, out_dir: Path, *, resume_from: str |
     if resume_from:
         metrics["resumed_from"] = Path(resume_from).name
         log.info("resuming from %s", resume_from)
-    with cached_frozen_layers(trainer.model, reusable_below(recipe, model.config)) as reuse:
+    with training_speedups(trainer, recipe) as reuse:
         result = trainer.train(resume_from_checkpoint=resume_from)
     if guard.tripped is not None:
         step, key, value = guard.tripped
