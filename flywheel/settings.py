@@ -133,7 +133,9 @@ class OptimizeSettings(BaseModel):
                               "a copy of the base (true).")
     speculative: list[Literal[SPECULATIVE]] = Field(list(SPECULATIVE), description="Speculative decoding to try: off, "
                                                     "ngram (prompt lookup), table (prompt lookup, else a draft table "
-                                                    "trained on the task's answers).")
+                                                    "trained on the task's answers), model (a draft model: the first "
+                                                    "layers of the task's model, fine-tuned on its answers; built once "
+                                                    "per model, minutes on CPU).")
     max_batch: list[int] = Field(default_factory=list, description="Most rows decoded together, to try (empty: the "
                                  "route's max_batch only).")
     threads: list[int] = Field(default_factory=list, description="Threads of a decoding step, to try (empty: "
@@ -211,6 +213,9 @@ class StoreSettings(BaseModel):
                                          "already among the rows received in this many hours (a client's retry comes "
                                          "within minutes; the check reads only those rows); an older duplicate is "
                                          "stored again, and every reader still counts, lists and curates it once.")
+    lock_wait_s: float = Field(30.0, gt=0, le=3600, description="How long a command, a flow or a request waits "
+                               "for the store while another process holds it (the file store has one writer at a "
+                               "time; a lake's catalog may be busy or away) before giving up as busy (exit 1, 503).")
     keep_snapshots_hours: float = Field(24.0, ge=0, description="lake: `flywheel compact` expires snapshots older "
                                         "than this and deletes data files unused for this long; time travel and "
                                         "readers in flight keep working within it.")

@@ -77,6 +77,19 @@ def test_lock_held_too_long_is_a_clear_error(tmp_path):
     proc.wait()
 
 
+def test_the_wait_for_a_held_store_is_the_data_folders_lock_wait_s(tmp_path):
+    (tmp_path / "flywheel.toml").write_text("[store]\nlock_wait_s = 0.3\n")
+    db = tmp_path / "flywheel.duckdb"
+    with store.connect(db):
+        pass
+    proc = hold(db, 5.0)
+    with pytest.raises(store.StoreBusy, match="for 0.3 s"):
+        with store.connect(db):
+            pass
+    proc.kill()
+    proc.wait()
+
+
 def test_threads_of_one_process_open_and_close_the_file_at_once(tmp_path):
     # Readers beside writers in one process (the service's alias refresh beside its writer): DuckDB
     # refuses an open while another thread's instance of the same file is being set up or torn down

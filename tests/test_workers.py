@@ -58,7 +58,9 @@ def test_workers_run_two_tasks_at_once_and_one_tasks_turns_in_turn(tmp_path, cap
     # Workers look for work every second, and a run refused a slot retries after one (defaults 10 s, 30 s).
     monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "1")
     monkeypatch.setenv("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "1")
-    (tmp_path / "flywheel.toml").write_text('[tasks.alpha]\nschedule = ""\n\n[tasks.beta]\nschedule = ""\n')
+    # The turns wait for the store the test holds below for as long as the test needs, not 30 s.
+    (tmp_path / "flywheel.toml").write_text('[store]\nlock_wait_s = 600\n\n[tasks.alpha]\nschedule = ""\n\n'
+                                            '[tasks.beta]\nschedule = ""\n')
     settings = load_settings(tmp_path)
     settings.port, prefect_port = free_port(), free_port()
     api = f"http://127.0.0.1:{prefect_port}/api"

@@ -13,6 +13,7 @@ that folder's DuckLake lake instead (`flywheel.store.lake`), which several proce
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -130,10 +131,24 @@ def is_lake(db_path: Path | str) -> bool:
     return Path(db_path).suffix == ".lake"
 
 
-def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: float = 30.0,
+@functools.cache
+def _lock_wait_s(home: Path) -> float:
+    from flywheel.settings import load_settings  # (here: the settings import much that the store does not need)
+
+    return load_settings(home).store.lock_wait_s
+
+
+def lock_wait_s(db_path: Path | str) -> float:
+    """`[store] lock_wait_s` of the data folder holding `db_path`, read once per process."""
+    return _lock_wait_s(Path(db_path).resolve().parent)
+
+
+def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: float | None = None,
                     raw: bool = False) -> Connection:
-    """Open the database, retrying a lock held by another process for up to `timeout_s`.
-    A lake: see `flywheel.store.lake.open_connection` (`raw` is for its ingestion writer)."""
+    """Open the database, retrying a lock held by another process for up to `timeout_s` (default:
+    `[store] lock_wait_s`). A lake: see `flywheel.store.lake.open_connection` (`raw` is for its
+    ingestion writer)."""
+    timeout_s = lock_wait_s(db_path) if timeout_s is None else timeout_s
     if is_lake(db_path):
         return lake.open_connection(db_path, read_only=read_only, raw=raw, timeout_s=timeout_s)
     db_path = Path(db_path)
@@ -162,7 +177,7 @@ def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: 
     try:
         con, read_only = retrying(_connect_once, db_path, read_only)
     except tenacity.RetryError as exc:
-        raise StoreBusy(f"database {db_path} stayed locked by another process for {timeout_s:.0f}s") from (
+        raise StoreBusy(f"database {db_path} stayed locked by another process for {timeout_s:g} s") from (
             exc.last_attempt.exception()
         )
     finally:
@@ -180,8 +195,10 @@ def open_connection(db_path: Path | str, *, read_only: bool = False, timeout_s: 
 
 
 @contextmanager
-def connect(db_path: Path | str, *, read_only: bool = False, timeout_s: float = 30.0) -> Iterator[Connection]:
-    """One unit of work on the database: open (with retries), yield, close."""
+def connect(db_path: Path | str, *, read_only: bool = False, timeout_s: float | None = None) -> Iterator[Connection]:
+    """One unit of work on the database: open (with retries for up to `timeout_s`, default
+    `[store] lock_wait_s`), yield, close."""
+    timeout_s = lock_wait_s(db_path) if timeout_s is None else timeout_s
     if is_lake(db_path):
         with lake.connect(db_path, read_only=read_only, timeout_s=timeout_s) as con:
             yield con
