@@ -7,8 +7,9 @@
    Continuous batching: a mixed-length workload (short requests arriving while long ones decode),
    the short ones' latency with requests joining the running batch vs waiting for it to end
    (the engine's `join_running=False`, static batching as before), in this process.
-   Speculative decoding (n-gram drafts) at concurrency 1 on the demo's support-ticket prompts:
-   tokens/s against plain decoding (target: >= 1.5x), acceptance rate, identical outputs.
+   Speculative decoding at concurrency 1 on the demo's support-ticket prompts, with each kind of
+   draft (prompt lookup, the trained n-gram table, the trained draft model): tokens/s against plain
+   decoding (target: >= 1.5x), acceptance rate, identical outputs.
    Prefix caching: tokens/s and p50 at concurrency 1 and 32 with the cache on vs off (two routes
    of one server), on the demo's triage chats and, on the real base, its agent's (tools in the
    prompt), with identical outputs counted. The other figures are the routes' defaults, the prefix
@@ -16,7 +17,7 @@
 2. Multi-LoRA memory: server RSS with 8 adapters loaded vs none (target <= 1.1x on the real base).
 3. Gateway overhead of an upstream route (to a second local server): added p50 latency (target < 5 ms).
 
-    .venv/bin/python bench/serve.py [--base tiny|smollm2|FOLDER] [--tokens 32] [--prefix-only]
+    .venv/bin/python bench/serve.py [--base tiny|smollm2|FOLDER] [--tokens 32] [--prefix-only | --speculation-only]
 
 `--base tiny` (the default) builds a 6-layer tiny Llama in seconds; `--base smollm2` serves the
 embedded SmolLM2-135M-Instruct (imported into the bench's folder first, ≈45 s) or FOLDER, an
@@ -27,6 +28,7 @@ fewer requests per level (SIZES).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -53,6 +55,7 @@ SIZES = {"tiny": (32, (16, 64, 128), 60), "real": (4, (4, 8, 32), 20)}
 PREFIX_SIZES = {"tiny": {"triage": (16, 128)}, "real": {"triage": (8, 64), "agent": (4, 32)}}
 # base -> (long requests, short requests, seconds between short arrivals, speculation prompts)
 WORKLOADS = {"tiny": (4, 16, 0.05, 32), "real": (4, 8, 0.5, 12)}
+DRAFT_ANSWERS = 64  # the model's answers to other tickets its trained drafts learn from (decoded as one batch)
 
 
 def baseline(path: str, prompts: list[str], tokens: int) -> tuple[float, int]:
@@ -145,18 +148,24 @@ def _arrivals(engine, ids: list[list[int]], limits: list[int], gaps: list[float]
 
 def speculation(path: str, n: int, tokens: int) -> None:
     """Concurrency 1 on the demo's traffic (support tickets to route, the demo's system prompt), each
-    prompt on a plain, an n-gram and a trained-draft engine in turn, so all see the same CPU load.
-    The trained draft (flywheel.optimize.draft) is built from the model's own answers to n other
-    tickets, as the loop builds it from the answers of the production model's training data."""
+    prompt on a plain, an n-gram, a trained-table and a trained-draft-model engine in turn, so all see
+    the same CPU load. The trained drafts (flywheel.optimize.draft, flywheel.optimize.draft_model) learn
+    from the model's own answers to DRAFT_ANSWERS other tickets, as the loop's learn from the answers of
+    the production model's training data."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
     from flywheel.demo.world import SYSTEM, ticket
     from flywheel.optimize.draft import DRAFT_FILE, build_table
+    from flywheel.optimize.draft_model import build_draft_model
     from flywheel.optimize.options import ServingOption, write_variant
     from serving.engine import Engine, Generation
 
-    engines = {mode: Engine(path, max_batch=1, max_wait_ms=0, speculative=mode) for mode in ("off", "ngram")}
     rng = random.Random(0)
     chat = lambda: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket(rng)[0]}]  # noqa: E731
-    texts = {mode: [] for mode in (*engines, "table")}
+    labels = {"ngram": "n-gram (prompt lookup)", "table": "trained table", "model": "trained draft model"}
+    texts = {mode: [] for mode in ("off", *labels)}
     spent, produced = dict.fromkeys(texts, 0.0), dict.fromkeys(texts, 0)
 
     def run(mode: str, engine: Engine, ids: list[int], adapter: str | None = None) -> str:
@@ -175,32 +184,69 @@ def speculation(path: str, n: int, tokens: int) -> None:
         return "".join(pieces)
 
     with tempfile.TemporaryDirectory() as tmp:
+        train = [chat() for _ in range(DRAFT_ANSWERS)]
+        answers = _answers(path, train, tokens)
+        examples = [(c, None, {"role": "assistant", "content": a}) for c, a in zip(train, answers)]
+        table = build_table(AutoTokenizer.from_pretrained(path), examples)
+        folder = write_variant(Path(tmp) / "table", ServingOption(speculative="table"), path, "base")
+        (folder / DRAFT_FILE).write_text(json.dumps({"table": [[*k, t] for k, t in table.items()]}))
+        dataset = Path(tmp) / "answers"
+        (dataset / "parquet").mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([{"messages": [*c, {"role": "assistant", "content": a}]}
+                                             for c, a in zip(train, answers)]), dataset / "parquet" / "sft-train.parquet")  # fmt: skip
+        draft = write_variant(Path(tmp) / "model", ServingOption(speculative="model"), path, "base")
+        started = time.perf_counter()
+        lineage = build_draft_model(draft, base=path, source=path, dataset_path=dataset, dataset_id="bench", parent="base")
+        print(f"trained draft model: {lineage['layers']} layers, {lineage['steps']} steps on {lineage['examples']} "
+              f"answers in {time.perf_counter() - started:.0f} s, final loss {lineage['loss']}, head of {lineage['tokens']} tokens")  # fmt: skip
+        engines = {mode: Engine(path, max_batch=1, max_wait_ms=0, speculative=mode) for mode in ("off", "ngram")}
+        engines |= {mode: Engine(path, adapters={mode: str(f)}, max_batch=1, max_wait_ms=0)
+                    for mode, f in (("table", folder), ("model", draft))}  # fmt: skip
         try:
-            for engine in engines.values():  # warm up (the first passes are slow)
-                _arrivals(engine, [engine.encode_prompt(PROMPTS[0])], [4], [0.0])
-            train = [chat() for _ in range(n)]
-            answers = [run("off", engines["off"], engines["off"].encode_chat(c)) for c in train]
-            spent["off"] = produced["off"] = 0
-            table = build_table(engines["off"].tokenizer, [(c, None, {"role": "assistant", "content": a})
-                                                           for c, a in zip(train, answers)])  # fmt: skip
-            folder = write_variant(Path(tmp) / "table", ServingOption(speculative="table"), path, "base")
-            (folder / DRAFT_FILE).write_text(json.dumps({"table": [[*k, t] for k, t in table.items()]}))
-            engines["table"] = Engine(path, adapters={"table": str(folder)}, max_batch=1, max_wait_ms=0)
-            _arrivals(engines["table"], [engines["table"].encode_prompt(PROMPTS[0])], [4], [0.0])
+            for mode, engine in engines.items():  # warm up (the first passes are slow)
+                run(mode, engine, engine.encode_prompt(PROMPTS[0]), mode if mode in ("table", "model") else None)
+            spent.update(dict.fromkeys(texts, 0.0))
+            produced.update(dict.fromkeys(texts, 0))
+            for engine in engines.values():
+                engine.drafted = engine.accepted = 0
             for _ in range(n):
                 ids = engines["off"].encode_chat(chat())
                 for mode, engine in engines.items():
-                    texts[mode].append(run(mode, engine, ids, "table" if mode == "table" else None))
+                    texts[mode].append(run(mode, engine, ids, mode if mode in ("table", "model") else None))
         finally:
             for engine in engines.values():
                 engine.close()
     tps = {mode: produced[mode] / spent[mode] for mode in engines}
-    for mode, label in (("ngram", "n-gram (prompt lookup)"), ("table", f"trained draft ({len(table)} n-grams)")):
+    for mode, label in labels.items():
         e, same = engines[mode], sum(a == b for a, b in zip(texts["off"], texts[mode]))
         print(f"speculative decoding, concurrency 1, {n} support tickets (demo traffic), up to {tokens} tokens: plain "
               f"{tps['off']:,.1f} tokens/s, {label} {tps[mode]:,.1f} tokens/s ({tps[mode] / tps['off']:.2f}x) "
               f"[target >= 1.5x]; drafts: {e.accepted}/{e.drafted} tokens accepted "
               f"({e.accepted / max(e.drafted, 1):.0%}); identical outputs {same}/{n}")  # fmt: skip
+    print(f"(trained table: {len(table)} n-grams)")
+
+
+def _answers(path: str, chats: list[list[dict]], tokens: int) -> list[str]:
+    """The model's greedy answers to `chats`, decoded together (the engine's batched output is its solo output)."""
+    from serving.engine import Engine, Generation
+
+    engine = Engine(path, max_batch=len(chats), max_wait_ms=200)
+    texts, done = [[] for _ in chats], threading.Semaphore(0)
+
+    def emit(i: int, delta: str, last: dict | None) -> None:
+        texts[i].append(delta)
+        if last is not None:
+            done.release()
+
+    try:
+        for i, c in enumerate(chats):
+            engine.submit(Generation(prompt_ids=engine.encode_chat(c), max_tokens=tokens, emit=functools.partial(emit, i),
+                                     temperature=0))  # fmt: skip
+        for _ in chats:
+            done.acquire()
+    finally:
+        engine.close()
+    return ["".join(t) for t in texts]
 
 
 def asking(prompts: list[str]) -> list[dict]:
@@ -286,6 +332,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--prefix-only", action="store_true", help="the prefix cache's comparison alone, up to 8 "
                         "tokens per request (answers as short as the demo's triage labels)")
+    parser.add_argument("--speculation-only", action="store_true", help="speculative decoding's comparison alone "
+                        "(plain, prompt lookup, trained table, trained draft model)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-serve-"))
     up_dir = work / "upstream"
@@ -299,6 +347,9 @@ def main() -> None:
     prefix_sizes = PREFIX_SIZES["tiny" if args.base == "tiny" else "real"]
     if args.prefix_only:
         return prefix_caching(base, work, 8, prefix_sizes)
+    n_long, n_short, gap, n_spec = WORKLOADS["tiny" if args.base == "tiny" else "real"]
+    if args.speculation_only:
+        return speculation(base, n_spec, args.tokens)
 
     # adapter_dirs: the bench's adapters live in its own folder, outside <home>/models
     (up_dir / "flywheel.toml").write_text(f'[gateway]\nmax_tokens = 256\n[serving]\nadapter_dirs = ["{work}"]\n'
@@ -323,7 +374,6 @@ def main() -> None:
             tps, p50, p99, _ = load(client, "local", asking(PROMPTS[:n]), args.tokens, concurrency)
             print(f"engine, concurrency {concurrency:>2}, {n} requests: {tps:,.1f} tokens/s ({tps / base_tps:.1f}x baseline, "
                   f"{tps / static_tps:.2f}x static batch), p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")  # fmt: skip
-        n_long, n_short, gap, n_spec = WORKLOADS["tiny" if args.base == "tiny" else "real"]
         mixed_lengths(base, 4 * args.tokens, args.tokens // 4, n_long, n_short, gap)
         speculation(base, n_spec, args.tokens)
         prefix_caching(base, work, 8, prefix_sizes)

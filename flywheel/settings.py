@@ -131,11 +131,13 @@ class OptimizeSettings(BaseModel):
                                               "(float32, merged only).")
     merge: list[bool] = Field([False, True], description="Serve the LoRA as an adapter (false) and/or merged into "
                               "a copy of the base (true).")
-    speculative: list[Literal[SPECULATIVE]] = Field(list(SPECULATIVE), description="Speculative decoding to try: off, "
+    # (`model` is not searched unless asked: on a 2-core CPU it decoded slower than no speculation, bench/serve.py)
+    speculative: list[Literal[SPECULATIVE]] = Field([m for m in SPECULATIVE if m != "model"],
+                                                    description="Speculative decoding to try: off, "
                                                     "ngram (prompt lookup), table (prompt lookup, else a draft table "
                                                     "trained on the task's answers), model (a draft model: the first "
                                                     "layers of the task's model, fine-tuned on its answers; built once "
-                                                    "per model, minutes on CPU).")
+                                                    "per model, minutes on CPU; not tried unless listed).")
     max_batch: list[int] = Field(default_factory=list, description="Most rows decoded together, to try (empty: the "
                                  "route's max_batch only).")
     threads: list[int] = Field(default_factory=list, description="Threads of a decoding step, to try (empty: "

@@ -7,7 +7,8 @@ its own (`Variants.load`): a copy of the route's base in the option's dtype with
 option asks. Being a model of its own, it batches only with itself and unloads like a whole model.
 
 What its option asks of the engine while it serves is answered here too: whether its greedy rows
-speculate, how many of its rows may decode together, and the threads of its forward passes.
+speculate (and from which trained draft), how many of its rows may decode together, and the threads
+of its forward passes.
 
 Every problem of the folder (an unreadable `serving.json`, an unknown option or invalid value, a
 missing source, an adapter of another base, int8 on a GPU) is a `ModelLoadError` naming the folder
@@ -17,12 +18,14 @@ and the field, so an HTTP load answers 400 and a start reports it, as for any ot
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-from flywheel.optimize.draft import Table, read_table, table_draft
+from flywheel.optimize.draft import read_table, table_draft
+from flywheel.optimize.draft_model import read_draft_model
 from flywheel.optimize.options import ServingOption, is_variant, read_variant
 from serving.model_check import ModelLoadError, check_folder, is_adapter
-from serving.speculate import DRAFT_TOKENS, ngram_draft
+from serving.speculate import DRAFT_TOKENS, ModelDraft, ngram_draft
 
 
 class Variants:
@@ -30,7 +33,8 @@ class Variants:
 
     def __init__(self) -> None:
         self.options: dict[str, ServingOption] = {}
-        self.tables: dict[str, Table] = {}  # the trained drafts of variants with speculative "table"
+        # the trained drafts of variants with speculative "table" (after prompt lookup) or "model": context -> draft
+        self.drafts: dict[str, Callable[[list[int]], list[int]]] = {}
         self._default_threads: int | None = None  # torch's, in the engine thread before any change
         self._threads: int | None = None  # what the engine thread runs with now
 
@@ -42,11 +46,13 @@ class Variants:
         from transformers import AutoModelForCausalLM
 
         option, source = read(folder)
-        if option.speculative == "table":
-            try:
+        try:  # (before the model: a variant without its draft fails fast)
+            if option.speculative == "table":
                 table = read_table(folder)
-            except ValueError as exc:
-                raise ModelLoadError(f"{folder}: option.speculative: {exc}") from None
+            elif option.speculative == "model":
+                draft_folder, draft_ids = read_draft_model(folder)
+        except ValueError as exc:
+            raise ModelLoadError(f"{folder}: option.speculative: {exc}") from None
         if option.quantize == "int8" and engine.device != "cpu":
             raise ModelLoadError(f"{folder}: option.quantize: int8 is dynamic quantization, which runs on CPU only "
                                  f"(route {engine.route!r} runs on {engine.device})")  # fmt: skip
@@ -69,14 +75,16 @@ class Variants:
                 head = model.get_output_embeddings()
                 linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
                 model = torch.ao.quantization.quantize_dynamic(model, linears, dtype=torch.qint8)
-        self.options[name] = option
         if option.speculative == "table":
-            self.tables[name] = table
+            self.drafts[name] = lambda context: ngram_draft(context) or table_draft(context, table, DRAFT_TOKENS)
+        elif option.speculative == "model":
+            self.drafts[name] = ModelDraft(_draft_model(engine, draft_folder, dtype), draft_ids, engine.eos_ids)
+        self.options[name] = option
         return model
 
     def forget(self, name: str) -> None:
         self.options.pop(name, None)
-        self.tables.pop(name, None)
+        self.drafts.pop(name, None)
 
     def speculative(self, name: str | None, route_mode: str) -> str:
         """The speculative mode of `name`'s rows: its variant's, else the route's."""
@@ -84,10 +92,9 @@ class Variants:
         return option.speculative if option is not None else route_mode
 
     def draft(self, name: str | None, context: list[int]) -> list[int]:
-        """A speculating row's draft: prompt lookup, else its variant's trained table (if it has one)."""
-        draft = ngram_draft(context)
-        table = self.tables.get(name) if name is not None else None
-        return draft or (table_draft(context, table, DRAFT_TOKENS) if table else [])
+        """A speculating row's draft: its variant's trained draft, else prompt lookup."""
+        trained = self.drafts.get(name) if name is not None else None
+        return trained(context) if trained is not None else ngram_draft(context)
 
     def max_batch(self, name: str | None) -> int | None:
         """The most rows of `name` that may decode together (None: the engine's limit, shared with the others)."""
@@ -107,6 +114,16 @@ class Variants:
         if want != self._threads:
             torch.set_num_threads(want)
             self._threads = want
+
+
+def _draft_model(engine, folder: Path, dtype):
+    """The draft model of a variant with speculative "model", on the engine's device in the variant's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(engine.device).eval()
+    except Exception as exc:  # noqa: BLE001 - whatever transformers raises, the message names the folder
+        raise ModelLoadError(f"{folder}: option.speculative: cannot load the draft model: {type(exc).__name__}: {exc}") from None
 
 
 def read(folder: str | Path) -> tuple[ServingOption, Path]:

@@ -5,7 +5,9 @@ model folder does: in the engine's `adapters` at start, through `POST /v1/load_l
 from a deployment at a restart. Lossless options (fp32, merged or not, with n-gram speculation)
 answer exactly as the plain adapter (or whole model) does under greedy decoding; bf16 and int8
 answer; a variant's `max_batch` caps its running rows and its `threads` are those of its forward
-passes; a bad `serving.json` is a 400 naming the field.
+passes; a bad `serving.json` is a 400 naming the field. Trained drafts (an n-gram table, a draft
+model fine-tuned from the adapter's first layers) are lossless and accepted, and a draft model is
+registered with its lineage.
 """
 
 from __future__ import annotations
@@ -241,3 +243,87 @@ def test_a_trained_draft_is_lossless_and_drafts_what_prompt_lookup_cannot(engine
         engine.load_adapter("bare", str(bare)).result()
     assert "bare" not in engine.adapters
     engine.unload_adapter("table").result()
+
+
+@pytest.fixture(scope="module")
+def draft_model_variant(engine, models, tmp_path_factory) -> dict:
+    """A `model` variant of the adapter, prepared as `flywheel optimize` prepares it: the adapter is a
+    registered candidate whose training dataset holds its own answers to the tickets."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flywheel import store
+    from flywheel.optimize.variants import prepare_variant
+
+    home = tmp_path_factory.mktemp("home")
+    chats = [[{"role": "user", "content": t}] for t in TICKETS]
+    answers = [solo(engine, engine.encode_chat(c), 24, "ada") for c in chats]
+    dataset = home / "datasets" / "d1"
+    (dataset / "parquet").mkdir(parents=True)
+    rows = [{"messages": [*c, {"role": "assistant", "content": a}]} for c, a in zip(chats, answers)] * 4
+    pq.write_table(pa.Table.from_pylist(rows), dataset / "parquet" / "sft-train.parquet")
+    settings = load_settings(home)
+    with store.connect(settings.db_path) as con:
+        con.execute("INSERT INTO datasets (id, project, task, path, config, query, counts) VALUES ('d1', 'acme', "
+                    "'triage', ?, '{}', 'test', '{}')", [str(dataset)])  # fmt: skip
+        con.execute("INSERT INTO models (id, project, task, base_model, method, adapter_path, dataset_id, recipe, "
+                    "recipe_hash, status) VALUES ('cand', 'acme', 'triage', ?, 'sft', ?, 'd1', '{}', 'test', 'ready')",
+                    [models["base"], models["ada"]])  # fmt: skip
+    prepared = {name: prepare_variant(settings, task="triage", parent="cand", source=models["ada"], option=option)
+                for name, option in (("model", ServingOption(speculative="model")),
+                                     ("merged-model", ServingOption(speculative="model", merge=True)))}  # fmt: skip
+    return {"settings": settings, "chats": chats, "answers": answers, **prepared}
+
+
+def test_a_trained_draft_model_is_registered_with_its_lineage(draft_model_variant):
+    """Its draft is a Hugging Face folder in the variant's, its lineage there and in the registry; a
+    second variant of the same model reuses it instead of training again."""
+    from flywheel import store
+    from flywheel.optimize.draft_model import DRAFT_DIR, LINEAGE_FILE
+
+    model, folder = draft_model_variant["model"]
+    assert model == "cand@fp32-adapter-model"
+    draft = Path(folder) / DRAFT_DIR
+    config = json.loads((draft / "config.json").read_text())
+    stored = json.loads((draft / LINEAGE_FILE).read_text())
+    with store.connect(draft_model_variant["settings"].db_path, read_only=True) as con:
+        method, dataset, recipe = con.execute("SELECT method, dataset_id, recipe FROM models WHERE id = ?", [model]).fetchone()
+    lineage = json.loads(recipe)["draft"]
+    assert (method, dataset) == ("serving-option", "d1")
+    assert lineage == {k: v for k, v in stored.items() if k != "token_ids"}
+    assert lineage["parent"] == "cand" and lineage["dataset"] == "d1" and lineage["examples"] == 4 * len(TICKETS)
+    assert lineage["layers"] == config["num_hidden_layers"] and lineage["steps"] >= 1 and lineage["loss"] is not None
+    assert len(stored["token_ids"]) == lineage["tokens"] > 0
+    other = Path(draft_model_variant["merged-model"][1]) / DRAFT_DIR
+    assert (other / "model.safetensors").stat().st_ino == (draft / "model.safetensors").stat().st_ino
+
+
+def test_a_trained_draft_model_is_lossless_and_its_drafts_are_accepted(engine, draft_model_variant):
+    """Greedy answers through the draft model are the adapter's own, and some of its drafts are accepted.
+    (The lively model writes bytes that re-tokenize differently from what it wrote, so its draft learns
+    far worse than a real task's: bench/serve.py measures the acceptance on SmolLM2.)"""
+    model, folder = draft_model_variant["model"]
+    engine.load_adapter(model, folder).result(120)
+    try:
+        prompts = [engine.encode_chat(c) for c in draft_model_variant["chats"]]
+        drafted, accepted = engine.drafted, engine.accepted
+        assert [solo(engine, ids, 24, model) for ids in prompts] == draft_model_variant["answers"]
+        assert engine.drafted > drafted and engine.accepted > accepted, "the draft model did not speculate"
+    finally:
+        engine.unload_adapter(model).result(60)
+
+
+def test_a_draft_model_variant_without_its_draft_is_a_model_load_error(engine, models, draft_model_variant, tmp_path):
+    import shutil
+
+    from flywheel.optimize.draft_model import DRAFT_DIR
+
+    bare = write_variant(tmp_path / "v-bare-model", ServingOption(speculative="model"), models["ada"], "ada")
+    corrupt = write_variant(tmp_path / "v-corrupt-model", ServingOption(speculative="model"), models["ada"], "ada")
+    shutil.copytree(Path(draft_model_variant["model"][1]) / DRAFT_DIR, corrupt / DRAFT_DIR)
+    (corrupt / DRAFT_DIR / "model.safetensors").write_bytes(b"not weights")
+    for name, folder in (("bare", bare), ("corrupt", corrupt)):
+        with pytest.raises(ModelLoadError, match="option.speculative") as info:
+            engine.load_adapter(name, str(folder)).result(60)
+        assert str(folder / (DRAFT_DIR if name == "corrupt" else "")) in str(info.value)
+        assert name not in engine.adapters

@@ -22,7 +22,7 @@ from typing import Any
 VARIANT_FILE = "serving.json"
 DTYPES = ("float32", "bfloat16")
 QUANTIZE = ("none", "int8")
-SPECULATIVE = ("off", "ngram", "table")
+SPECULATIVE = ("off", "ngram", "table", "model")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class ServingOption:
     dtype: str = "float32"  # the weights' dtype: float32 | bfloat16
     quantize: str = "none"  # none | int8 (dynamic: int8 weights, activations quantized per batch)
     merge: bool = False  # the LoRA merged into a copy of the base (else an adapter on a copy)
-    speculative: str = "off"  # off | ngram (prompt lookup, serving.speculate) | table (and the task's trained draft)
+    # off | ngram (prompt lookup, serving.speculate) | table (and the task's trained n-gram table,
+    # flywheel.optimize.draft) | model (the task's trained draft model, flywheel.optimize.draft_model)
+    speculative: str = "off"
     max_batch: int | None = None  # rows of this model decoded together (None: the route's max_batch)
     threads: int | None = None  # threads of a decoding step (None: torch's default)
 

@@ -2,9 +2,9 @@
 
 A variant is registered in the `models` table like a candidate (method `serving-option`, its folder
 `<home>/models/<task>/<id>/` as `merged_path`, the model it was made from and the option as its
-recipe: its lineage, with its trained draft's dataset when it has one,
-flywheel.optimize.draft), before the serving tier loads it: the folder is then one the task's project
-may load (serving.adapters confines `lora_path` to its project's candidates' folders).
+recipe: its lineage, with its trained draft's dataset when it has one, flywheel.optimize.draft and
+flywheel.optimize.draft_model), before the serving tier loads it: the folder is then one the task's
+project may load (serving.adapters confines `lora_path` to its project's candidates' folders).
 
 Applying one loads it first, and only then moves the task's `production` alias, with action
 `optimize` and the search's evidence in the deployment history. So the pick is in effect after a
@@ -14,13 +14,17 @@ production back to the model that served before, as it does after a promotion.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from flywheel import store
 from flywheel.optimize.draft import write_draft
+from flywheel.optimize.draft_model import DRAFT_DIR, build_draft_model, lineage_of
 from flywheel.optimize.options import ServingOption, variant_id, write_variant
 from flywheel.registry import deployments
 from flywheel.registry.promotion import load_first
@@ -39,6 +43,8 @@ def prepare_variant(settings: Settings, *, task: str, parent: str, source: str, 
     lineage = {"parent": parent, "option": option.to_dict()}
     if option.speculative == "table":  # its trained draft, from the answers the parent was trained on
         lineage["draft"] = _draft(settings, folder, parent, source)
+    elif option.speculative == "model":  # its trained draft model, from the same answers
+        lineage["draft"] = _draft_model(settings, folder, task, parent, source)
     recipe = json.dumps(lineage, sort_keys=True)
     with store.connect(settings.db_path) as con:
         con.execute(
@@ -51,13 +57,35 @@ def prepare_variant(settings: Settings, *, task: str, parent: str, source: str, 
 
 
 def _draft(settings: Settings, folder: Path, parent: str, source: str) -> dict:
+    base, dataset_id, dataset_path = _training_data(settings, parent, "table")
+    tokenizer = source if (Path(source) / "tokenizer_config.json").exists() else base
+    return write_draft(folder, tokenizer, dataset_path, dataset_id)
+
+
+def _draft_model(settings: Settings, folder: Path, task: str, parent: str, source: str) -> dict:
+    """The lineage of `folder`'s draft model, built unless it or another variant of `parent` has one
+    already (it depends on the parent alone: the other's files are hard-linked, not trained again)."""
+    built = lineage_of(folder)
+    if built is not None:
+        return built
+    for other in sorted((settings.home / "models" / task).glob(glob.escape(parent) + "@*")):
+        if other != folder and lineage_of(other) is not None:
+            shutil.rmtree(folder / DRAFT_DIR, ignore_errors=True)  # (a build that did not finish)
+            shutil.copytree(other / DRAFT_DIR, folder / DRAFT_DIR, copy_function=os.link)
+            return lineage_of(folder)
+    base, dataset_id, dataset_path = _training_data(settings, parent, "model")
+    return build_draft_model(folder, base=base, source=source, dataset_path=dataset_path, dataset_id=dataset_id,
+                             parent=parent)  # fmt: skip
+
+
+def _training_data(settings: Settings, parent: str, mode: str) -> tuple[str, str, str]:
+    """(base model, dataset id, dataset folder) `parent` was trained from, which its draft learns from."""
     with store.connect(settings.db_path, read_only=True) as con:
         row = con.execute("SELECT m.base_model, d.id, d.path FROM models m LEFT JOIN datasets d ON d.id = m.dataset_id"
                           " WHERE m.id = ?", [parent]).fetchone()  # fmt: skip
     if row is None or row[2] is None:
-        raise ValueError(f"speculative: table: {parent!r} has no training dataset to build its draft from")
-    tokenizer = source if (Path(source) / "tokenizer_config.json").exists() else row[0]
-    return write_draft(folder, tokenizer, row[2], row[1])
+        raise ValueError(f"speculative: {mode}: {parent!r} has no training dataset to build its draft from")
+    return row
 
 
 def apply_option(settings: Settings, *, project: str, task: str, model: str, path: str, reason: str, evidence: dict,
