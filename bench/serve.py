@@ -17,7 +17,7 @@
 2. Multi-LoRA memory: server RSS with 8 adapters loaded vs none (target <= 1.1x on the real base).
 3. Gateway overhead of an upstream route (to a second local server): added p50 latency (target < 5 ms).
 
-    .venv/bin/python bench/serve.py [--base tiny|smollm2|FOLDER] [--tokens 32] [--prefix-only | --speculation-only]
+    .venv/bin/python bench/serve.py [--base tiny|smollm2|FOLDER] [--tokens 32] [--prefix-only | --speculation-only | --throughput-only]
 
 `--base tiny` (the default) builds a 6-layer tiny Llama in seconds; `--base smollm2` serves the
 embedded SmolLM2-135M-Instruct (imported into the bench's folder first, ≈45 s) or FOLDER, an
@@ -334,6 +334,8 @@ def main() -> None:
                         "tokens per request (answers as short as the demo's triage labels)")
     parser.add_argument("--speculation-only", action="store_true", help="speculative decoding's comparison alone "
                         "(plain, prompt lookup, trained table, trained draft model)")
+    parser.add_argument("--throughput-only", action="store_true", help="the engine's tokens/s at concurrency 1, 8 "
+                        "and 32 against sequential and static-batch `generate` alone")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flywheel-bench-serve-"))
     up_dir = work / "upstream"
@@ -374,6 +376,8 @@ def main() -> None:
             tps, p50, p99, _ = load(client, "local", asking(PROMPTS[:n]), args.tokens, concurrency)
             print(f"engine, concurrency {concurrency:>2}, {n} requests: {tps:,.1f} tokens/s ({tps / base_tps:.1f}x baseline, "
                   f"{tps / static_tps:.2f}x static batch), p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")  # fmt: skip
+        if args.throughput_only:
+            return
         mixed_lengths(base, 4 * args.tokens, args.tokens // 4, n_long, n_short, gap)
         speculation(base, n_spec, args.tokens)
         prefix_caching(base, work, 8, prefix_sizes)
