@@ -89,8 +89,10 @@ def test_bf16_and_int8_variants_load_and_answer(engine):
     assert engine.full_models["bf16"].dtype == torch.bfloat16
     int8 = engine.full_models["int8"]
     assert any(isinstance(m, Int8Linear) for m in int8.modules())
-    floats = [m for m in int8.modules() if type(m) is torch.nn.Linear]
-    assert floats == [int8.get_output_embeddings()], "a Linear layer other than the output head was left in float"
+    floats = {n for n, m in int8.named_modules() if type(m) is torch.nn.Linear}
+    layers = len(int8.get_decoder().layers)
+    # the head, and each layer's MLP up/down projections (serving.variants.INT8_KEEP_FLOAT): nothing else
+    assert floats == {"lm_head", *(f"model.layers.{i}.mlp.{p}" for i in range(layers) for p in ("up_proj", "down_proj"))}
 
 
 def test_a_variant_decodes_no_more_rows_than_its_max_batch(engine):
