@@ -97,6 +97,7 @@ class Optimization:
     metric: str
     concurrency: int
     latency_slo_ms: float | None
+    min_saving: float = 0.0  # the least share of compute per request a pick must save ([optimize] min_saving)
     measured: list[Measurement] = field(default_factory=list)  # each option's furthest rung
     rungs: list[int] = field(default_factory=list)  # examples per rung
     frontier: list[str] = field(default_factory=list)  # option names on the cost/quality Pareto frontier
@@ -241,7 +242,7 @@ def optimize(settings: Settings, task: Task, service: Service) -> Optimization:
     result = Optimization(task.name, task.project, model, parent, source, current,
                           spec.primary or spec.metric_names()[0],
                           cfg.concurrency or observed_concurrency(settings, task.project, task.name),
-                          task.latency_slo_ms)  # fmt: skip
+                          task.latency_slo_ms, cfg.min_saving)  # fmt: skip
     options = space(dtypes=list(cfg.dtypes), quantize=list(cfg.quantize), merge=list(cfg.merge),
                     speculative=list(cfg.speculative), max_batch=list(cfg.max_batch), threads=list(cfg.threads))  # fmt: skip
     options = [current, *(o for o in options if o != current)]
@@ -322,13 +323,15 @@ def _choose(result: Optimization, final: list[Measurement]) -> None:
                          f"worse than {result.current.name}: nothing changes" if fits else
                          "no option showed quality not worse than the current one: nothing changes")  # fmt: skip
         return
-    best = min(eligible, key=lambda m: m.compute_s_per_1k)
+    best, base = min(eligible, key=lambda m: m.compute_s_per_1k), result.baseline
+    if base in eligible and best.compute_s_per_1k > base.compute_s_per_1k * (1 - result.min_saving):
+        best = base  # a smaller saving is within the measurement's noise: production does not move for it
     best.outcome = "picked"
     if best.option == result.current:
-        result.reason = f"the option serving now ({result.current.name}) is the cheapest that qualifies: nothing changes"
+        result.reason = (f"the option serving now ({result.current.name}) is the cheapest that qualifies"
+                         + (f" by {result.min_saving:.0%} or more" if result.min_saving else "") + ": nothing changes")
         return
     result.pick = best
-    base = result.baseline
     result.reason = (f"{best.option.name}: {base.compute_s_per_1k / best.compute_s_per_1k:.2f}x less compute per request "
                      f"than {result.current.name} ({best.compute_s_per_1k:.1f} vs {base.compute_s_per_1k:.1f} s per 1k), "
                      f"quality {best.verdict or 'not distinguishable'}"

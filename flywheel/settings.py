@@ -148,6 +148,10 @@ class OptimizeSettings(BaseModel):
                                  "the pick is made among the options measured furthest.")
     concurrency: int | None = Field(None, ge=1, le=256, description="Requests in flight while measuring (unset: "
                                     "the task's observed concurrency, from its recorded traffic).")
+    min_saving: float = Field(0.05, ge=0, lt=1, description="The pick must need this share less compute per "
+                              "request than the option serving now, or production does not move (a smaller gain is "
+                              "within the measurement's noise); unless the option serving now misses the latency "
+                              "objective.")
     after_promotion: bool = Field(False, description="The turn flow optimizes a task after promoting a model to its "
                                   "production (off by default: the search takes minutes on a CPU).")
 

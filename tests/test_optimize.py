@@ -134,6 +134,25 @@ def test_a_cheaper_option_with_other_weights_needs_evidence_that_its_quality_hol
     assert result.pick is final[2]
 
 
+def test_a_saving_below_min_saving_leaves_production_where_it_is():
+    """A pick must save `min_saving` of the compute per request (a smaller gain is noise), unless the
+    option serving now misses the latency objective."""
+    from evals.optimizer import Measurement, Optimization, _choose
+    from flywheel.optimize.options import ServingOption
+
+    current, merged = ServingOption(), ServingOption(merge=True)
+    for merged_cost, slo, picked in ((290.0, None, None), (250.0, None, merged), (290.0, 95.0, merged)):
+        result = Optimization("t", "p", "m", "m", "/m", current, "accuracy", 4, slo, min_saving=0.05)
+        final = [Measurement(current, "m", 16, quality=0.9, compute_s_per_1k=300.0, p95_ms=100.0),
+                 Measurement(merged, "m@merged", 16, quality=0.9, verdict="not distinguishable",
+                             compute_s_per_1k=merged_cost, p95_ms=90.0)]  # fmt: skip
+        result.measured = final
+        _choose(result, final)
+        assert (result.pick.option if result.pick else None) == picked, (merged_cost, slo, result.reason)
+        if picked is None:
+            assert "by 5% or more: nothing changes" in result.reason and final[0].outcome == "picked"
+
+
 @pytest.mark.slow
 def test_no_option_is_applied_when_none_meets_the_latency_objective(world):
     data = world["data"]
