@@ -83,11 +83,12 @@ class ModelDraft:
             cache, shared = DynamicCache(config=self.model.config), 0
         elif shared < len(self.context):
             cache.crop(shared - len(self.context))  # (transformers 5 crops by the tokens to remove, negative)
-        feed, draft = context[shared:], []
+        feed, draft, fed = context[shared:], [], context[:shared]  # fed: the tokens the cache holds
         with torch.inference_mode():
             while len(draft) < k:
                 ids = torch.tensor([feed], dtype=torch.long, device=self.token_ids.device)
                 hidden = self.decoder(input_ids=ids, **{cache_name(): cache}, use_cache=True).last_hidden_state[0, -1]
+                fed = fed + feed
                 probs = (self.head @ hidden.to(self.head.dtype)).float().softmax(-1)
                 best = int(probs.argmax())
                 if draft and probs[best] < SURE:
@@ -97,7 +98,8 @@ class ModelDraft:
                 if token in self.eos_ids:
                     break
                 feed = [token]
-        self.cache, self.context = cache, context + draft[:-1]  # (the last drafted token was never fed)
+        # (the last drafted token was fed only when an unsure one after it ended the draft)
+        self.cache, self.context = cache, fed
         return draft
 
 

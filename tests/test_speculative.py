@@ -74,3 +74,33 @@ def test_a_route_names_a_known_speculation():
     assert RouteSettings(kind="local", speculative="ngram").speculative == "ngram"
     with pytest.raises(ValidationError, match="speculative"):
         RouteSettings(kind="local", speculative="medusa")
+
+
+def test_a_draft_models_kept_cache_drafts_as_a_fresh_one_does():
+    """A draft model keeps its cache from one step's draft to the next, cropped to what the new context
+    shares: whatever ended the last draft (its length, end-of-sequence, an unsure token), the next
+    draft is what a draft model without a kept cache proposes for the same context."""
+    import random
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from serving.speculate import ModelDraft
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # a peaked head: some drafts run to their length, others stop at an unsure token
+        model.lm_head.weight.mul_(20)
+    kept, ids = ModelDraft(model, list(range(12)), eos_ids={11}), list(range(12))
+    rng, ended = random.Random(0), set()
+    context = [rng.randrange(64) for _ in range(20)]
+    for _ in range(30):
+        k = rng.choice([1, 3, 6])
+        draft = kept(context, k=k)
+        assert draft == ModelDraft(model, ids, eos_ids={11})(context, k=k), context
+        ended.add("length" if len(draft) == k else "end" if draft[-1] == 11 else "unsure")
+        # the model accepts some of the draft, then writes its own token (sometimes one the draft never saw)
+        context = context + draft[: rng.randrange(len(draft) + 1)] + [rng.randrange(64)]
+    assert ended == {"length", "end", "unsure"}, ended
