@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from flywheel.optimize.draft import answers
+from flywheel.train.labelled_positions import labelled_positions_only
 
 DRAFT_DIR = "draft"  # in a variant's folder
 LINEAGE_FILE = "draft-model.json"  # in the draft's folder
@@ -137,7 +138,8 @@ def _fine_tune(model, tokenizer, rows: list[dict]) -> tuple[int, float | None]:
         )  # fmt: skip
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)  # (the loss goes to the lineage, not to stdout at every step)
-        trainer.train()
+        with labelled_positions_only():  # (as the recipes train: the head scores only the answers' positions)
+            trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     model.eval()
     return trainer.state.global_step, round(float(losses[-1]), 4) if losses else None
