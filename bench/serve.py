@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import random
 import statistics
 import sys
@@ -154,10 +153,9 @@ def speculation(path: str, n: int, tokens: int) -> None:
     the production model's training data."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from transformers import AutoTokenizer
 
     from flywheel.demo.world import SYSTEM, ticket
-    from flywheel.optimize.draft import DRAFT_FILE, build_table
+    from flywheel.optimize.draft import write_draft
     from flywheel.optimize.draft_model import build_draft_model
     from flywheel.optimize.options import ServingOption, write_variant
     from serving.engine import Engine, Generation
@@ -186,14 +184,12 @@ def speculation(path: str, n: int, tokens: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train = [chat() for _ in range(DRAFT_ANSWERS)]
         answers = _answers(path, train, tokens)
-        examples = [(c, None, {"role": "assistant", "content": a}) for c, a in zip(train, answers)]
-        table = build_table(AutoTokenizer.from_pretrained(path), examples)
-        folder = write_variant(Path(tmp) / "table", ServingOption(speculative="table"), path, "base")
-        (folder / DRAFT_FILE).write_text(json.dumps({"table": [[*k, t] for k, t in table.items()]}))
         dataset = Path(tmp) / "answers"
         (dataset / "parquet").mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist([{"messages": [*c, {"role": "assistant", "content": a}]}
                                              for c, a in zip(train, answers)]), dataset / "parquet" / "sft-train.parquet")  # fmt: skip
+        folder = write_variant(Path(tmp) / "table", ServingOption(speculative="table"), path, "base")
+        table = write_draft(folder, path, dataset, "bench")
         draft = write_variant(Path(tmp) / "model", ServingOption(speculative="model"), path, "base")
         started = time.perf_counter()
         lineage = build_draft_model(draft, base=path, source=path, dataset_path=dataset, dataset_id="bench", parent="base")
@@ -223,7 +219,7 @@ def speculation(path: str, n: int, tokens: int) -> None:
               f"{tps['off']:,.1f} tokens/s, {label} {tps[mode]:,.1f} tokens/s ({tps[mode] / tps['off']:.2f}x) "
               f"[target >= 1.5x]; drafts: {e.accepted}/{e.drafted} tokens accepted "
               f"({e.accepted / max(e.drafted, 1):.0%}); identical outputs {same}/{n}")  # fmt: skip
-    print(f"(trained table: {len(table)} n-grams)")
+    print(f"(trained table: {table['entries']} n-grams)")
 
 
 def _answers(path: str, chats: list[list[dict]], tokens: int) -> list[str]:
