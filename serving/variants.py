@@ -123,11 +123,10 @@ class Variants:
 
 
 def _draft_model(engine, folder: Path, dtype):
-    """The draft model of a variant with speculative "model", on the engine's device in the variant's dtype."""
-    from transformers import AutoModelForCausalLM
-
+    """The draft model of a variant with speculative "model", on the engine's device in the variant's dtype
+    (loaded and checked as any whole model the engine serves: its drafts are token ids of our vocabulary)."""
     try:
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(engine.device).eval()
+        return engine.whole_model(str(folder), dtype)
     except Exception as exc:  # noqa: BLE001 - whatever transformers raises, the message names the folder
         raise ModelLoadError(f"{folder}: option.speculative: cannot load the draft model: {type(exc).__name__}: {exc}") from None
 
