@@ -54,7 +54,9 @@ SIZES = {"tiny": (32, (16, 64, 128), 60), "real": (4, (4, 8, 32), 20)}
 PREFIX_SIZES = {"tiny": {"triage": (16, 128)}, "real": {"triage": (8, 64), "agent": (4, 32)}}
 # base -> (long requests, short requests, seconds between short arrivals, speculation prompts)
 WORKLOADS = {"tiny": (4, 16, 0.05, 32), "real": (4, 8, 0.5, 12)}
-DRAFT_ANSWERS = 64  # the model's answers to other tickets its trained drafts learn from (decoded as one batch)
+# The model's answers to other tickets its trained drafts learn from (decoded as one batch): as many
+# as the demo's second turn trains its student on (166 rows), which the loop's drafts learn from.
+DRAFT_ANSWERS = 166
 
 
 def baseline(path: str, prompts: list[str], tokens: int) -> tuple[float, int]:
