@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 MODES = ("off", "ngram")  # a route's; a variant may also use its task's trained drafts (serving.variants)
 # The most tokens a draft proposes. On 2 cores a verifying pass of 2 to 13 tokens costs about the same,
-# ≈2x a plain step (a product of a few rows is slower than a vector's), so a long predictable run is
-# best checked in one pass. Replaying SmolLM2's answers to 64 demo tickets through the drafts, with
-# those measured costs: a trained table's decode is 1.70x plain at 12 tokens, 1.55x at 6 (prompt
-# lookup alone: 1.14x, 1.12x).
+# 1.7-2.1x a plain step (a product of a few rows is slower than a vector's), so a long predictable run
+# is best checked in one pass. `bench/draft_replay.py` (SmolLM2, 64 demo tickets, a table of 166
+# answers): decoding costs 1.81x less than plain at 6 tokens, 2.01x at 8, 2.07x at 12 (prompt lookup
+# alone: 1.09-1.11x at any length).
 DRAFT_TOKENS = 12
 LONGEST_MATCH = 3  # the longest tail n-gram looked up; shorter ones are tried when it has no match
 # A single repeated token predicts what follows it poorly (on SmolLM2's answers to the demo's tickets:
