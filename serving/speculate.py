@@ -23,8 +23,8 @@ MODES = ("off", "ngram")  # a route's; a variant may also use its task's trained
 # The most tokens a draft proposes. On 2 cores a verifying pass of 2 to 13 tokens costs about the same,
 # 1.7-2.1x a plain step (a product of a few rows is slower than a vector's), so a long predictable run
 # is best checked in one pass. `bench/draft_replay.py` (SmolLM2, 64 demo tickets, a table of 166
-# answers): decoding costs 1.81x less than plain at 6 tokens, 2.01x at 8, 2.07x at 12 (prompt lookup
-# alone: 1.09-1.11x at any length).
+# answers): plain decoding's steps cost 1.81x the speculating ones at 6 tokens, 2.01x at 8, 2.07x at
+# 12 (prompt lookup alone: 1.09-1.11x at any length).
 DRAFT_TOKENS = 12
 LONGEST_MATCH = 3  # the longest tail n-gram looked up; shorter ones are tried when it has no match
 # A single repeated token predicts what follows it poorly (on SmolLM2's answers to the demo's tickets:
