@@ -27,9 +27,10 @@ INCUMBENT = Incumbent(latency_ms=400.0)  # simulated; kept short so the demo sta
 AGENT_INCUMBENT = agent.AgentIncumbent(latency_ms=450.0)  # likewise (its rates are the defaults)
 # student -> (app requests per turn, golden benchmark examples), for the router. ~1/3 of the
 # requests come back verified (thumbs up or an agent's correction). The students' accuracy varies
-# by machine (0.91-0.95 after turn 1, against the incumbent's 0.82): at 100 golden tickets a 0.09 gap
-# was not significant (CI [-0.000, +0.190], refused), at 200 its CI stays clear of 0. The tiny model
-# keeps the sizes its README table was measured with.
+# by machine and run (0.91-0.99 after turn 1, against the incumbent's ≈0.82): at 100 golden tickets
+# a 0.09 gap was not significant (CI [-0.000, +0.190], refused); at 200 the CI's half-width shrinks
+# by ≈1/√2, enough to clear 0 for such a gap. The tiny model keeps the sizes its README table was
+# measured with.
 STUDENTS = {"tiny": (600, 200), "smollm2": (300, 200)}
 # student -> (the agent's requests in its turn, its golden examples, its requests after the loop).
 # Its traffic goes to the simulated provider (seconds), so it can be generous: ~200 verified examples.
