@@ -5,8 +5,10 @@ its project's interactions); `AdminDep` only an `admin` key (adapters, /metrics)
 403 naming the role it needs (roles: flywheel.registry.keys).
 
 Keys are cached in memory (hash → project and role). An unknown key triggers at most one re-read of the
-keys table per second, so a key created with `flywheel keys create` while the service runs works
-at once, and a flood of bad keys cannot keep the database busy. The cache is also re-read when it
+keys table per second, so a flood of bad keys cannot keep the database busy; a request whose key is
+unknown waits (without a thread) for a read that began after it arrived, so a key created while the
+service runs (`flywheel keys create`, the loop's own service key) works at once, even right after
+another read. The cache is also re-read when it
 is older than `key_refresh_s`, so a key revoked with `flywheel keys revoke` stops working then.
 A read waits at most a second for the database; when another process holds it longer, requests
 are answered from the keys last read, and the next one tries again.
@@ -14,6 +16,7 @@ are answered from the keys last read, and the next one tries again.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -49,6 +52,14 @@ class KeyCache:
                 return  # keep answering from the keys last read; the next request tries again
             self._keys, self._refreshed = keys, time.monotonic()
 
+    def read_since(self, moment: float) -> bool:
+        """Whether a read was tried at or after `moment` (time.monotonic)."""
+        return self._attempted >= moment
+
+    def next_read_in(self) -> float:
+        """Seconds until `refresh` may read again."""
+        return max(0.0, self._attempted + self.refresh_interval_s - time.monotonic())
+
     def stale(self) -> bool:
         return time.monotonic() - self._refreshed >= self.max_age_s
 
@@ -63,8 +74,13 @@ async def key_owner(request: Request) -> KeyOwner:
         raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
     cache: KeyCache = request.app.state.keys
     key_hash = hash_key(key.strip())
+    arrived = time.monotonic()
     owner = cache.cached(key_hash)
     if owner is None or cache.stale():
+        await run_in_threadpool(cache.refresh)
+        owner = cache.cached(key_hash)
+    if owner is None and not cache.read_since(arrived):  # a read just before held this one back
+        await asyncio.sleep(cache.next_read_in())
         await run_in_threadpool(cache.refresh)
         owner = cache.cached(key_hash)
     if owner is None:

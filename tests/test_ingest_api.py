@@ -9,7 +9,7 @@ import json
 import httpx
 import msgspec
 import pytest
-from conftest import auth, interaction
+from conftest import auth, interaction, make_keys
 from pii_cases import field_corpus
 from test_records import FEEDBACK_FIELDS, FIELDS, MESSAGE_KEYS, ODD, nested, with_odd
 
@@ -115,6 +115,14 @@ def test_auth_is_required_and_keys_are_checked(client, shared_server):
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert client.get("/v1/interactions").status_code == 401
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_key_created_while_the_service_runs_works_at_once(client, shared_server):
+    """Even right after a bad key made the service re-read its keys (it reads at most once a second)."""
+    for _ in range(3):
+        assert client.get("/v1/interactions", headers=auth("fwk_not-a-real-key")).status_code == 401
+        key = make_keys(shared_server.data_dir, "acme")["acme"]
+        assert client.get("/v1/interactions", headers=auth(key)).status_code == 200
 
 
 def test_projects_are_isolated_both_ways(client, shared_server):
