@@ -16,10 +16,10 @@ options drop out, and those costlier than the current one (which could never be 
 costlier half (two stay at least), and the rest answer twice as many, up to
 the whole benchmark, while `time_budget_s` lasts. The pick is the cheapest option measured
 furthest whose quality is not significantly worse than the current option's and whose p95 meets
-`[tasks.T] latency_slo_ms`; an option with other weights (dtype, int8) must also have been compared on
-at least the gate's `min_examples`, so a small benchmark cannot pass it for lack of evidence. With
-none, the result says why and nothing changes. An option that
-fails to load or to answer is recorded with the reason and skipped.
+`[tasks.T] latency_slo_ms`; an option with other weights (dtype, int8, layers) must also have been
+compared on at least the gate's `min_examples`, so a small benchmark cannot pass it for lack of
+evidence. With none, the result says why and nothing changes. An option that fails to load or to
+answer is recorded with the reason and skipped.
 
 Loading and answering go through `Service` (callables), so this module knows benchmarks, not
 HTTP: `pipelines.loop.optimize_stage` wires it to the running service and applies the pick.
@@ -244,7 +244,8 @@ def optimize(settings: Settings, task: Task, service: Service) -> Optimization:
                           cfg.concurrency or observed_concurrency(settings, task.project, task.name),
                           task.latency_slo_ms, cfg.min_saving)  # fmt: skip
     options = space(dtypes=list(cfg.dtypes), quantize=list(cfg.quantize), merge=list(cfg.merge),
-                    speculative=list(cfg.speculative), max_batch=list(cfg.max_batch), threads=list(cfg.threads))  # fmt: skip
+                    speculative=list(cfg.speculative), max_batch=list(cfg.max_batch), threads=list(cfg.threads),
+                    layers=list(cfg.layers))  # fmt: skip
     options = [current, *(o for o in options if o != current)]
     models = {current: model}  # option -> the model id it answers as (and, to load it, its folder)
     folders: dict[ServingOption, str] = {}
@@ -303,8 +304,8 @@ def _unload(service: Service, models: dict[ServingOption, str], loaded: set[Serv
 
 def _same_weights(option: ServingOption, current: ServingOption) -> bool:
     """Whether `option` computes with the current option's numbers (merging, speculating, batching and
-    threads change speed, not answers): its quality needs no proof; a new dtype or int8 does."""
-    return (option.dtype, option.quantize) == (current.dtype, current.quantize)
+    threads change speed, not answers): its quality needs no proof; a new dtype, int8 or a cut does."""
+    return (option.dtype, option.quantize, option.layers) == (current.dtype, current.quantize, current.layers)
 
 
 def _choose(result: Optimization, final: list[Measurement]) -> None:

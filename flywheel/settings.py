@@ -142,6 +142,10 @@ class OptimizeSettings(BaseModel):
                                  "route's max_batch only).")
     threads: list[int] = Field(default_factory=list, description="Threads of a decoding step, to try (empty: "
                                "torch's default only).")
+    layers: list[int] = Field(default_factory=list, description="Decoder layers to keep, to try: the merged model cut "
+                              "to its first N layers and fine-tuned on the answers it was trained on (other weights: "
+                              "its quality must show not worse on the benchmark; built once per model and N, minutes "
+                              "on CPU; empty: all layers only).")
     first_rung: int = Field(16, ge=2, description="Benchmark examples every option answers first; the better half "
                             "goes on to twice as many (successive halving), up to the whole benchmark.")
     time_budget_s: float = Field(900.0, gt=0, description="No new round of the search starts after this many seconds; "

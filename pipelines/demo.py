@@ -104,6 +104,9 @@ max_wait_ms = 20            # let concurrent calls fill a batch
 redact_input = true         # the students learned on redacted requests
 usd_per_1k_prompt = 0.0002  # a small CPU box, per token
 usd_per_1k_completion = 0.0004
+
+[optimize]                  # `flywheel optimize --task T` also tries the student cut to its first 6 layers (of
+layers = [6]                # SmolLM2's 30), fine-tuned on the answers it was trained on: kept if its accuracy holds
 """ + "".join(_task_config(home, desk, base) for desk in desks)
 
 

@@ -3,8 +3,10 @@
 A variant folder holds only `serving.json` (flywheel.optimize.options): the folder of a LoRA adapter
 or of a whole model, and the `ServingOption` to serve it with. The engine builds it as a model of
 its own (`Variants.load`): a copy of the route's base in the option's dtype with the adapter applied
-(merged into it or not), or the whole model in that dtype; then int8 dynamic quantization when the
-option asks. Being a model of its own, it batches only with itself and unloads like a whole model.
+(merged into it or not), or the whole model in that dtype, or, when the option keeps fewer layers,
+the variant's cut (`cut/`, flywheel.optimize.draft_model) in that dtype; then int8 dynamic
+quantization when the option asks. Being a model of its own, it batches only with itself and
+unloads like a whole model.
 
 What its option asks of the engine while it serves is answered here too: whether its greedy rows
 speculate (and from which trained draft), how many of its rows may decode together, and the threads
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flywheel.optimize.draft import read_table, table_draft
-from flywheel.optimize.draft_model import read_draft_model
+from flywheel.optimize.draft_model import CUT_DIR, read_draft_model
 from flywheel.optimize.options import ServingOption, is_variant, read_variant
 from serving.model_check import ModelLoadError, check_folder, is_adapter
 from serving.speculate import DRAFT_TOKENS, ModelDraft, ngram_draft
@@ -60,7 +62,9 @@ class Variants:
             raise ModelLoadError(f"{folder}: option.quantize: int8 is dynamic quantization, which runs on CPU only "
                                  f"(route {engine.route!r} runs on {engine.device})")  # fmt: skip
         dtype = getattr(torch, option.dtype)
-        if is_adapter(source):
+        if option.layers is not None:
+            model = _part(engine, Path(folder) / CUT_DIR, dtype, "option.layers", "cut model")
+        elif is_adapter(source):
             engine.check_adapter(str(source))  # on this base, as a plain adapter is checked
             base = AutoModelForCausalLM.from_pretrained(engine.path, dtype=dtype)
             # named as the engine names the variant: a batch passes PEFT each row's adapter by that name
@@ -84,7 +88,8 @@ class Variants:
         if option.speculative == "table":
             self.drafts[name] = lambda context: ngram_draft(context) or table_draft(context, table, DRAFT_TOKENS)
         elif option.speculative == "model":
-            self.drafts[name] = ModelDraft(_draft_model(engine, draft_folder, dtype), draft_ids, engine.eos_ids)
+            self.drafts[name] = ModelDraft(_part(engine, draft_folder, dtype, "option.speculative", "draft model"),
+                                           draft_ids, engine.eos_ids)  # fmt: skip
         self.options[name] = option
         return model
 
@@ -122,13 +127,13 @@ class Variants:
             self._threads = want
 
 
-def _draft_model(engine, folder: Path, dtype):
-    """The draft model of a variant with speculative "model", on the engine's device in the variant's dtype
-    (loaded and checked as any whole model the engine serves: its drafts are token ids of our vocabulary)."""
+def _part(engine, folder: Path, dtype, field: str, what: str):
+    """A whole model a variant's option names (its draft model, its cut), on the engine's device in the
+    variant's dtype, loaded and checked as any whole model the engine serves (our vocabulary)."""
     try:
         return engine.whole_model(str(folder), dtype)
     except Exception as exc:  # noqa: BLE001 - whatever transformers raises, the message names the folder
-        raise ModelLoadError(f"{folder}: option.speculative: cannot load the draft model: {type(exc).__name__}: {exc}") from None
+        raise ModelLoadError(f"{folder}: {field}: cannot load the {what}: {type(exc).__name__}: {exc}") from None
 
 
 def read(folder: str | Path) -> tuple[ServingOption, Path]:

@@ -21,7 +21,7 @@ def test_one_turn_of_the_loop(tmp_path, monkeypatch):
     # The flow optimizes after a promotion to production: here over two options besides the adapter (merged,
     # and merged with a draft table trained on the candidate's dataset)
     for name, value in (("AFTER_PROMOTION", "true"), ("DTYPES", '["float32"]'), ("QUANTIZE", '["none"]'),
-                        ("MERGE", "[true]"), ("SPECULATIVE", '["off", "table"]')):  # fmt: skip
+                        ("MERGE", "[true]"), ("SPECULATIVE", '["off", "table"]'), ("LAYERS", "[]")):  # fmt: skip
         monkeypatch.setenv(f"FLYWHEEL_OPTIMIZE__{name}", value)
     rows = run_demo(home, turns=1, per_turn=300, student="tiny")  # seconds per turn; the SmolLM2 default takes minutes
     assert len(rows) == 1 and rows[0]["served_by"] == "simulated-gpt-large"

@@ -132,6 +132,11 @@ def test_a_cheaper_option_with_other_weights_needs_evidence_that_its_quality_hol
     final[2].verdict = "not distinguishable"  # compared on enough examples, and not worse: now the cheapest wins
     _choose(result, final)
     assert result.pick is final[2]
+    cut = ServingOption(merge=True, layers=6)  # other weights too: the cut needs the same evidence
+    final.append(Measurement(cut, "m@cut", 16, quality=0.9, verdict="insufficient evidence", compute_s_per_1k=50.0,
+                             p95_ms=20.0))  # fmt: skip
+    _choose(result, final)
+    assert result.pick is final[2] and "too few examples" in final[3].outcome
 
 
 def test_a_saving_below_min_saving_leaves_production_where_it_is():

@@ -7,7 +7,8 @@ answer exactly as the plain adapter (or whole model) does under greedy decoding;
 answer; a variant's `max_batch` caps its running rows and its `threads` are those of its forward
 passes; a bad `serving.json` is a 400 naming the field. Trained drafts (an n-gram table, a draft
 model fine-tuned from the adapter's first layers) are lossless and accepted, and a draft model is
-registered with its lineage.
+registered with its lineage. A variant that keeps fewer layers serves its cut (the same fine-tuned
+first layers, with the whole head), registered with its lineage.
 """
 
 from __future__ import annotations
@@ -273,7 +274,9 @@ def draft_model_variant(engine, models, tmp_path_factory) -> dict:
                     [models["base"], models["ada"]])  # fmt: skip
     prepared = {name: prepare_variant(settings, task="triage", parent="cand", source=models["ada"], option=option)
                 for name, option in (("model", ServingOption(speculative="model")),
-                                     ("merged-model", ServingOption(speculative="model", merge=True)))}  # fmt: skip
+                                     ("merged-model", ServingOption(speculative="model", merge=True)),
+                                     ("cut", ServingOption(merge=True, layers=1)),
+                                     ("cut-ngram", ServingOption(merge=True, speculative="ngram", layers=1)))}  # fmt: skip
     return {"settings": settings, "chats": chats, "answers": answers, **prepared}
 
 
@@ -329,3 +332,54 @@ def test_a_draft_model_variant_without_its_draft_is_a_model_load_error(engine, m
             engine.load_adapter(name, str(folder)).result(60)
         assert str(folder / (DRAFT_DIR if name == "corrupt" else "")) in str(info.value)
         assert name not in engine.adapters
+
+
+def test_a_cut_variant_serves_its_first_layers_fine_tuned_and_registered(engine, models, draft_model_variant):
+    """`layers = 1`: the adapter merged and cut to its first layer, trained on the candidate's dataset,
+    registered with that lineage, shared by the variants that keep as many layers, and served."""
+    from flywheel import store
+    from flywheel.optimize.draft_model import CUT_DIR
+    from flywheel.optimize.variants import prepare_variant
+
+    model, folder = draft_model_variant["cut"]
+    assert model == "cand@fp32-merged-off-l1"
+    cut = Path(folder) / CUT_DIR
+    assert json.loads((cut / "config.json").read_text())["num_hidden_layers"] == 1
+    with store.connect(draft_model_variant["settings"].db_path, read_only=True) as con:
+        recipe = json.loads(con.execute("SELECT recipe FROM models WHERE id = ?", [model]).fetchone()[0])
+    assert recipe["option"]["layers"] == 1 and "draft" not in recipe
+    assert recipe["cut"]["parent"] == "cand" and recipe["cut"]["dataset"] == "d1" and recipe["cut"]["layers"] == 1
+    assert recipe["cut"]["steps"] >= 1 and recipe["cut"]["loss"] is not None
+    other = Path(draft_model_variant["cut-ngram"][1]) / CUT_DIR
+    assert (other / "model.safetensors").stat().st_ino == (cut / "model.safetensors").stat().st_ino
+    engine.load_adapter(model, folder).result(120)
+    try:
+        assert engine.full_models[model].config.num_hidden_layers == 1
+        chats = draft_model_variant["chats"]
+        answers = [solo(engine, engine.encode_chat(c), 24, model) for c in chats]
+        assert all(answers) and answers != [solo(engine, engine.encode_chat(c), 24, "ada") for c in chats]
+    finally:
+        engine.unload_adapter(model).result(60)
+    # as many layers as the model has is no cut: refused before anything is trained
+    with pytest.raises(ValueError, match="layers: 2 is not fewer than the 2 layers of 'cand'"):
+        prepare_variant(draft_model_variant["settings"], task="triage", parent="cand", source=models["ada"],
+                        option=ServingOption(merge=True, layers=2))  # fmt: skip
+
+
+def test_a_cut_variant_without_its_cut_is_a_model_load_error(engine, models, tmp_path):
+    bare = write_variant(tmp_path / "v-bare-cut", ServingOption(merge=True, layers=1), models["ada"], "ada")
+    with pytest.raises(ModelLoadError, match="option.layers: cannot load the cut model") as info:
+        engine.load_adapter("bare-cut", str(bare)).result(60)
+    assert str(bare / "cut") in str(info.value) and "bare-cut" not in engine.adapters
+
+
+def test_a_cut_is_an_option_of_a_merged_model_only():
+    from flywheel.optimize.options import space
+
+    with pytest.raises(ValueError, match="layers: a cut model is a whole model: it needs merge true"):
+        ServingOption(layers=6)
+    with pytest.raises(ValueError, match="layers: expected a whole number >= 1, got 0"):
+        ServingOption(merge=True, layers=0)
+    options = space(dtypes=["float32"], quantize=["none"], merge=[False, True], speculative=["off", "model"],
+                    max_batch=[], threads=[], layers=[6])  # fmt: skip
+    assert [o.name for o in options if o.layers] == ["fp32-merged-off-l6"]

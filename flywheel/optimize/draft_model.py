@@ -14,6 +14,11 @@ after its prompt rendered as serving renders it.
 It is stored as a plain Hugging Face folder, `draft/` in a variant's folder, beside `draft-model.json`:
 its lineage (parent, dataset, examples, layers, training steps and final loss) and the token ids its
 answers use (plus end-of-sequence), to which serving restricts its head (serving.speculate).
+
+The same cut, with more layers, is also a serving option of its own (`layers`): the model served is
+then the cut (`cut/` in the variant's folder, with its whole head), not the production model. It
+answers from other weights, so the optimizer keeps it only where the benchmark shows its quality is
+not worse; for a task whose answers are short and regular (a label), a third of the layers can be.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from pathlib import Path
 from flywheel.optimize.draft import answers
 from flywheel.train.labelled_positions import labelled_positions_only
 
-DRAFT_DIR = "draft"  # in a variant's folder
+DRAFT_DIR = "draft"  # in a variant's folder: its draft model
+CUT_DIR = "cut"  # in a variant's folder: the model it serves, when its option keeps fewer layers
 LINEAGE_FILE = "draft-model.json"  # in the draft's folder
 # 4 of SmolLM2-135M-Instruct's 30 layers: with the head restricted to the answers' tokens, one draft token
 # measured ≈1/5 of the whole model's time (50-70 ms against 250-365 ms, after 120 tokens, 2 busy cores).
@@ -40,9 +46,9 @@ MAX_LENGTH = 1024  # prompt and answer tokens of a training example; longer ones
 
 
 def build_draft_model(variant: Path, *, base: str, source: str, dataset_path: str | Path, dataset_id: str | None,
-                      parent: str, layers: int = LAYERS) -> dict:  # fmt: skip
-    """Build and fine-tune the draft of `parent` (`source`: its adapter on `base`, or a whole model) into
-    `variant/draft/`, its first `layers` decoder layers; return its lineage."""
+                      parent: str, layers: int = LAYERS, folder: str = DRAFT_DIR) -> dict:  # fmt: skip
+    """Build and fine-tune `parent`'s first `layers` decoder layers (`source`: its adapter on `base`, or a
+    whole model) into `variant/<folder>/` (its draft, or its cut); return its lineage."""
     import torch
     from transformers import AutoTokenizer
 
@@ -50,7 +56,7 @@ def build_draft_model(variant: Path, *, base: str, source: str, dataset_path: st
 
     examples = answers(dataset_path)
     if not examples:
-        raise ValueError(f"speculative: model: the dataset {dataset_id!r} of {parent!r} has no answers to train on")
+        raise ValueError(f"the dataset {dataset_id!r} of {parent!r} has no answers to train its first layers on")
     is_adapter = (Path(source) / "adapter_config.json").exists()
     tokenizer = AutoTokenizer.from_pretrained(str(source if (Path(source) / "tokenizer_config.json").exists() else base))
     model = _first_layers(_parent_model(base, source, is_adapter), layers)
@@ -60,12 +66,12 @@ def build_draft_model(variant: Path, *, base: str, source: str, dataset_path: st
     steps, loss = _fine_tune(model, tokenizer, rows)
     used = {t for row in rows for t in tokenizer.encode(row["completion"], add_special_tokens=False)}
     used |= set(_eos_ids(model, tokenizer))
-    folder = variant / DRAFT_DIR
-    model.to(torch.float32).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    out = variant / folder
+    model.to(torch.float32).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     lineage = {"parent": parent, "dataset": dataset_id, "examples": len(rows), "layers": model.config.num_hidden_layers,
                "steps": steps, "loss": loss, "tokens": len(used)}  # fmt: skip
-    (folder / LINEAGE_FILE).write_text(json.dumps({**lineage, "token_ids": sorted(used)}))
+    (out / LINEAGE_FILE).write_text(json.dumps({**lineage, "token_ids": sorted(used)}))
     return lineage
 
 
@@ -83,10 +89,10 @@ def read_draft_model(variant: str | Path) -> tuple[Path, list[int]]:
     return folder, ids
 
 
-def lineage_of(variant: str | Path) -> dict | None:
-    """The lineage of a variant's draft model once built (None: not built, or not readable)."""
+def lineage_of(variant: str | Path, folder: str = DRAFT_DIR) -> dict | None:
+    """The lineage of a variant's draft model (or cut) once built (None: not built, or not readable)."""
     try:
-        data = json.loads((Path(variant) / DRAFT_DIR / LINEAGE_FILE).read_text())
+        data = json.loads((Path(variant) / folder / LINEAGE_FILE).read_text())
     except (OSError, ValueError):
         return None
     return {k: v for k, v in data.items() if k != "token_ids"} if isinstance(data, dict) else None

@@ -2,7 +2,9 @@
 
 An option is data (`ServingOption`): the weights' dtype, dynamic int8 quantization, the LoRA merged
 into a copy of the base or served as an adapter on the shared base, speculative decoding, the most
-rows of the model decoded together, and the threads a decoding step uses. `space` lists the valid
+rows of the model decoded together, the threads a decoding step uses, and the decoder layers kept
+(the merged model cut to its first layers and fine-tuned on the answers it was trained on,
+flywheel.optimize.draft_model: other weights, whose quality the search must show is not worse). `space` lists the valid
 options the `[optimize]` settings describe.
 
 An option other than the default is served as a *variant*: a folder holding `serving.json` (the
@@ -38,6 +40,8 @@ class ServingOption:
     speculative: str = "off"
     max_batch: int | None = None  # rows of this model decoded together (None: the route's max_batch)
     threads: int | None = None  # threads of a decoding step (None: torch's default)
+    # the merged model cut to its first `layers` decoder layers, fine-tuned on its training answers (None: all)
+    layers: int | None = None
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -51,22 +55,28 @@ class ServingOption:
                 return f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}"
         if not isinstance(self.merge, bool):
             return f"merge: expected true or false, got {self.merge!r}"
-        for name in ("max_batch", "threads"):
+        for name in ("max_batch", "threads", "layers"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 return f"{name}: expected a whole number >= 1, got {value!r}"
         if self.quantize == "int8" and (self.dtype != "float32" or not self.merge):
             # torch's dynamic quantization takes float32 nn.Linear layers; PEFT's LoRA layers wrap them
             return "quantize: int8 needs dtype float32 and merge true"
+        if self.layers is not None and not self.merge:
+            return "layers: a cut model is a whole model: it needs merge true"
+        if self.layers is not None and self.speculative == "model":
+            # (the draft model is itself the model's first layers: a cut model is drafted for by the table)
+            return "layers: a cut model takes speculative off, ngram or table, not model"
         return None
 
     @property
     def name(self) -> str:
-        """A short, unique label: `fp32-adapter-off`, `int8-merged-ngram-b32-t1`."""
+        """A short, unique label: `fp32-adapter-off`, `int8-merged-ngram-b32-t1`, `fp32-merged-off-l8`."""
         weights = "int8" if self.quantize == "int8" else {"float32": "fp32", "bfloat16": "bf16"}[self.dtype]
         parts = [weights, "merged" if self.merge else "adapter", self.speculative]
         parts += [f"b{self.max_batch}"] if self.max_batch else []
         parts += [f"t{self.threads}"] if self.threads else []
+        parts += [f"l{self.layers}"] if self.layers else []
         return "-".join(parts)
 
     @property
@@ -89,14 +99,15 @@ class ServingOption:
 
 
 def space(*, dtypes: list[str], quantize: list[str], merge: list[bool], speculative: list[str],
-          max_batch: list[int], threads: list[int]) -> list[ServingOption]:  # fmt: skip
-    """Every valid combination of the given values, the default first. Empty `max_batch` / `threads`:
-    the route's and torch's own only."""
+          max_batch: list[int], threads: list[int], layers: list[int]) -> list[ServingOption]:  # fmt: skip
+    """Every valid combination of the given values, the default first. Empty `max_batch` / `threads`: the
+    route's and torch's own only. All layers are always tried, and each of `layers` besides."""
     options = [ServingOption()]
-    for combo in itertools.product(dtypes, quantize, merge, speculative, max_batch or [None], threads or [None]):
+    for combo in itertools.product(dtypes, quantize, merge, speculative, max_batch or [None], threads or [None],
+                                   [None, *layers]):  # fmt: skip
         try:
             option = ServingOption(*combo)
-        except ValueError:  # a combination that cannot be served (int8 on an adapter)
+        except ValueError:  # a combination that cannot be served (int8 on an adapter, a cut adapter)
             continue
         if option not in options:
             options.append(option)
