@@ -8,7 +8,7 @@ alias must still be served by the pick.
     .venv/bin/python bench/optimize.py --data-dir D [--task support-triage] [--budget-s 900]
 
 D is a data folder where `flywheel demo --data-dir D` ran (its task's production is a promoted
-adapter on the embedded SmolLM2 base). The search runs through a real `flywheel serve` on D,
+adapter on the embedded SmolLM2 base; its flywheel.toml adds a 6-layer cut to the default options). The search runs through a real `flywheel serve` on D,
 with D's `[optimize]` settings (the time budget overridden by `--budget-s`), and applies the
 pick: `flywheel rollback --task T --data-dir D` undoes it.
 """
