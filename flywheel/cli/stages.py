@@ -185,8 +185,9 @@ def optimize(task: TaskName, data_dir: DataDir = None, project: Project = None,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="Search and report; change nothing.")] = False,
              ) -> None:  # fmt: skip
     """Search the serving options of the task's production model (dtype, int8, merged LoRA, speculation,
-    batch, threads, fewer layers) on its benchmark through the running service; apply the cheapest whose quality is
-    not significantly worse and whose p95 meets the task's latency_slo_ms (undo: `flywheel rollback`)."""
+    batch, threads, fewer layers) on its benchmark through the running service; apply the cheapest
+    whose quality is not significantly worse and whose p95 meets the task's latency_slo_ms (undo:
+    `flywheel rollback`)."""
     from evals.optimizer import NothingToOptimize, markdown
     from evals.types import EvalError
     from flywheel.registry.promotion import PromotionError

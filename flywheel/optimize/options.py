@@ -4,8 +4,8 @@ An option is data (`ServingOption`): the weights' dtype, dynamic int8 quantizati
 into a copy of the base or served as an adapter on the shared base, speculative decoding, the most
 rows of the model decoded together, the threads a decoding step uses, and the decoder layers kept
 (the merged model cut to its first layers and fine-tuned on the answers it was trained on,
-flywheel.optimize.draft_model: other weights, whose quality the search must show is not worse). `space` lists the valid
-options the `[optimize]` settings describe.
+flywheel.optimize.draft_model: other weights, whose quality the search must show is not worse).
+`space` lists the valid options the `[optimize]` settings describe.
 
 An option other than the default is served as a *variant*: a folder holding `serving.json` (the
 option and the folder it applies to), which the serving tier loads like a whole model

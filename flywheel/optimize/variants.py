@@ -4,7 +4,8 @@ A variant is registered in the `models` table like a candidate (method `serving-
 `<home>/models/<task>/<id>/` as `merged_path`, the model it was made from and the option as its
 recipe: its lineage, with the dataset of its trained draft or cut when it has one,
 flywheel.optimize.draft and flywheel.optimize.draft_model), before the serving tier loads it: the
-folder is then one the task's project may load (serving.adapters confines `lora_path` to its project's candidates' folders).
+folder is then one the task's project may load (serving.adapters confines `lora_path` to its
+project's candidates' folders).
 
 Applying one loads it first, and only then moves the task's `production` alias, with action
 `optimize` and the search's evidence in the deployment history. So the pick is in effect after a
@@ -69,10 +70,10 @@ def _first_layers(settings: Settings, folder: Path, task: str, parent: str, sour
     """The lineage of `folder/<sub>` (its draft model, or its cut): `parent`'s first `layers` layers, built
     unless it or another variant of `parent` has them already (they depend on the parent and the number
     alone: the other's files are hard-linked, not trained again)."""
-    field = "layers" if sub == CUT_DIR else "speculative: model"
-    base, dataset_id, dataset_path = _training_data(settings, parent, field)
     from transformers import AutoConfig
 
+    field = "layers" if sub == CUT_DIR else "speculative: model"
+    base, dataset_id, dataset_path = _training_data(settings, parent, field)
     total = AutoConfig.from_pretrained(base).num_hidden_layers
     if sub == CUT_DIR and layers >= total:  # (it would be the whole model, trained again)
         raise ValueError(f"layers: {layers} is not fewer than the {total} layers of {parent!r}")
