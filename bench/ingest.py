@@ -17,7 +17,7 @@ sending pre-serialized bodies, so it eats as little of the 2 cores as possible.
 
     .venv/bin/python bench/ingest.py [--events 200000]
     .venv/bin/python bench/ingest.py --overload [--batch 100] [--seconds 15] [--env FLYWHEEL_X=Y ...]
-    .venv/bin/python bench/ingest.py --store lake [--events 50000] [--singles 5000]
+    .venv/bin/python bench/ingest.py --store lake [--events 50000] [--singles 5000] [--pin]
 """
 
 from __future__ import annotations
@@ -274,10 +274,15 @@ def report_overload(args) -> None:
     print(f"    (machine: {os.cpu_count()} cores, shared: figures are noisy)")
 
 
-def measure_store(home: Path, replicas: int, bodies: list[bytes], single_bodies: list[bytes], n_events: int) -> dict:
-    """(e) for one store: batches then single items, spread over `replicas` servers on `home`."""
+def measure_store(home: Path, replicas: int, bodies: list[bytes], single_bodies: list[bytes], n_events: int,
+                  pin: bool = False) -> dict:  # fmt: skip
+    """(e) for one store: batches then single items, spread over `replicas` servers on `home`; `pin`:
+    each replica's threads on a core of its own (a machine per replica), the rest unpinned."""
     key = make_keys(home, "bench")["bench"]
     servers = [Server(home).start() for _ in range(replicas)]
+    for core, server in enumerate(servers if pin else []):
+        for thread in os.listdir(f"/proc/{server.proc.pid}/task"):  # (threads started later inherit it)
+            os.sched_setaffinity(int(thread), {core % os.cpu_count()})
     try:
         async def spread(work, share: list[bytes], concurrency: int):
             return await asyncio.gather(*(work(s.port, key, share[i::replicas], concurrency)
@@ -317,11 +322,13 @@ def report_stores(args) -> None:
         for n in (1, 2):
             runs.append(("lake: PostgreSQL catalog, local data", n,
                          lake_home(work / f"lake{n}", catalog=postgres.database(f"bench{n}"), data_path="lake-data/")))
-        results = [(label, n, measure_store(home, n, bodies, single_bodies, len(events))) for label, n, home in runs]
+        results = [(label, n, measure_store(home, n, bodies, single_bodies, len(events), args.pin))
+                   for label, n, home in runs]  # fmt: skip
     finally:
         postgres.remove()
     print(f"(e) {len(events):,} events in batches of 1,000 (4 clients per replica), then {len(single_bodies):,} "
-          f"single-item posts (32 clients in all); events/s to durable ack")
+          f"single-item posts (32 clients in all); events/s to durable ack"
+          + ("; each replica pinned to a core of its own" if args.pin else ""))
     print(f"    {'store':40} {'replicas':>8} {'batches ev/s':>13} {'CPU busy':>9} {'singles ev/s':>13} "
           f"{'singles p99':>12} {'lost':>5} {'stored twice':>13}")
     for label, n, r in results:
@@ -364,6 +371,8 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=5, help="(d): the overload, times the sustainable rate")
     parser.add_argument("--env", nargs="*", default=[], metavar="FLYWHEEL_X=Y", help="(d): server settings")
     parser.add_argument("--store", choices=["lake"], help="(e) alone: the file store against a lake with 1 and 2 replicas")
+    parser.add_argument("--pin", action="store_true", help="(e): each replica on a core of its own, as if on a "
+                        "machine of its own (one replica then has one core, not the box)")
     args = parser.parse_args()
     if args.store:
         report_stores(args)
