@@ -8,8 +8,8 @@ Keys are cached in memory (hash → project and role). An unknown key triggers a
 keys table per second, so a flood of bad keys cannot keep the database busy; a request whose key is
 unknown waits (without a thread) for a read that began after it arrived, so a key created while the
 service runs (`flywheel keys create`, the loop's own service key) works at once, even right after
-another read. The cache is also re-read when it
-is older than `key_refresh_s`, so a key revoked with `flywheel keys revoke` stops working then.
+another read. The cache is also re-read when it is older than `key_refresh_s`, so a key revoked
+with `flywheel keys revoke` stops working then.
 A read waits at most a second for the database; when another process holds it longer, requests
 are answered from the keys last read, and the next one tries again.
 """
@@ -79,8 +79,8 @@ async def key_owner(request: Request) -> KeyOwner:
     if owner is None or cache.stale():
         await run_in_threadpool(cache.refresh)
         owner = cache.cached(key_hash)
-    if owner is None and not cache.read_since(arrived):  # a read just before held this one back
-        await asyncio.sleep(cache.next_read_in())
+    while owner is None and not cache.read_since(arrived):  # a read just before held this one back
+        await asyncio.sleep(cache.next_read_in() + 0.005)  # (a timer may fire a little early)
         await run_in_threadpool(cache.refresh)
         owner = cache.cached(key_hash)
     if owner is None:
