@@ -284,14 +284,20 @@ def test_a_busy_database_does_not_hold_up_the_gateway(client, servers):
 
 
 def test_client_disconnect_mid_stream_frees_the_slot(client, servers):
+    """The client hangs up after the first line: the call is recorded as cut off, and the slot serves
+    the next request. On a fast machine the tiny model may write all its 16 tokens before the hang-up
+    reaches the server (then the answer is whole and recorded as such), so a few tries are allowed."""
     gw, _ = servers
-    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", headers=auth(gw.key), timeout=30,
-                      json={"model": "tiny", "messages": HELLO, "stream": True, "max_tokens": 16}) as r:  # fmt: skip
-        first = next(r.iter_lines())
-        interaction_id = r.headers["x-flywheel-interaction-id"]
-    assert first.startswith("data: ")
-    row = recorded(servers, interaction_id)
-    assert row["status"] == "error" and row["metadata"]["error"] == "client disconnected"
+    outcomes = []
+    while len(outcomes) < 8 and "client disconnected" not in outcomes:
+        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", headers=auth(gw.key), timeout=30,
+                          json={"model": "tiny", "messages": HELLO, "stream": True, "max_tokens": 16}) as r:  # fmt: skip
+            first = next(r.iter_lines())
+            interaction_id = r.headers["x-flywheel-interaction-id"]
+        assert first.startswith("data: ")
+        row = recorded(servers, interaction_id)
+        outcomes.append(row["metadata"].get("error") if row["status"] == "error" else row["status"])
+    assert outcomes[-1] == "client disconnected" and set(outcomes) <= {"ok", "client disconnected"}, outcomes
     assert ask(client, "tiny").choices[0].finish_reason in ("stop", "length")
 
 
