@@ -72,18 +72,20 @@ def _first_layers(settings: Settings, folder: Path, task: str, parent: str, sour
     alone: the other's files are hard-linked, not trained again)."""
     from transformers import AutoConfig
 
+    built = lineage_of(folder, sub)
+    if built is not None:
+        return built
     field = "layers" if sub == CUT_DIR else "speculative: model"
     base, dataset_id, dataset_path = _training_data(settings, parent, field)
     total = AutoConfig.from_pretrained(base).num_hidden_layers
     if sub == CUT_DIR and layers >= total:  # (it would be the whole model, trained again)
         raise ValueError(f"layers: {layers} is not fewer than the {total} layers of {parent!r}")
     layers = min(layers, total)  # (a draft of a model with fewer layers than LAYERS keeps them all)
-    built = lineage_of(folder, sub)
-    if built is not None:
-        return built
     for other in sorted((settings.home / "models" / task).glob(glob.escape(parent) + "@*")):
+        if other == folder:
+            continue
         for other_sub in (DRAFT_DIR, CUT_DIR):
-            found = lineage_of(other, other_sub) if other != folder else None
+            found = lineage_of(other, other_sub)
             if found is not None and found.get("layers") == layers:
                 shutil.rmtree(folder / sub, ignore_errors=True)  # (a build that did not finish)
                 shutil.copytree(other / other_sub, folder / sub, copy_function=os.link)
